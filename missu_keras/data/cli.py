@@ -1,0 +1,84 @@
+"""The ``missu-keras synth`` subcommand: write synthetic BraTS / CHAOS cases.
+
+``missu-keras synth brats OUT --cases N --seed S [--shape H W D] [--layout 2019|2020|2021|2023] [--nii] [--no-seg]``
+``missu-keras synth chaos OUT --cases N --seed S [--shape H W D] [--no-t2spir]``
+
+>>> import argparse, tempfile
+>>> parser = argparse.ArgumentParser(prog="missu-keras")
+>>> register(parser.add_subparsers(dest="command"))
+>>> out = tempfile.mkdtemp()
+>>> args = parser.parse_args(["synth", "brats", out, "--cases", "1", "--shape", "24", "24", "16"])
+>>> args.func(args)  # doctest: +ELLIPSIS
+wrote 1 synthetic BraTS 2021 case(s) of shape 24x24x16 to ...
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from missu_keras.data.brats import BRATS_LAYOUTS
+
+
+def _synth_brats(args) -> int:
+    from missu_keras.data.synthetic import write_synthetic_brats
+
+    shape = tuple(args.shape) if args.shape else (240, 240, 155)
+    dirs = write_synthetic_brats(
+        args.out, num_cases=args.cases, seed=args.seed, shape=shape, layout=args.layout,
+        extension=".nii" if args.nii else ".nii.gz", with_seg=not args.no_seg,
+    )
+    print(f"wrote {len(dirs)} synthetic BraTS {args.layout} case(s) of shape "
+          f"{'x'.join(map(str, shape))} to {args.out}")
+    return 0
+
+
+def _synth_chaos(args) -> int:
+    from missu_keras.data.synthetic import write_synthetic_chaos
+
+    shape = tuple(args.shape) if args.shape else (256, 256, 32)
+    dirs = write_synthetic_chaos(args.out, num_cases=args.cases, seed=args.seed, shape=shape,
+                                 t2spir=not args.no_t2spir)
+    print(f"wrote {len(dirs)} synthetic CHAOS MR case(s) of shape {'x'.join(map(str, shape))} "
+          f"to {args.out}/Train_Sets/MR")
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    """Adds ``synth {brats,chaos}`` to an ``argparse`` subparsers object.
+
+    Each leaf parser stores its handler with ``set_defaults(func=handler)``;
+    ``handler(args)`` writes the cases and returns the exit code 0.
+    """
+    synth = subparsers.add_parser(
+        "synth", help="write synthetic BraTS (NIfTI) or CHAOS (DICOM + PNG) cases in the real layouts"
+    )
+    kinds = synth.add_subparsers(dest="dataset", required=True)
+
+    p = kinds.add_parser("brats", help="BraTS-layout NIfTI cases (brain, 4 modalities, tumour labels)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--cases", type=_positive, default=4, help="number of cases (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
+    p.add_argument("--shape", type=_positive, nargs=3, metavar=("H", "W", "D"),
+                   help="volume size (default the full 240 240 155)")
+    p.add_argument("--layout", choices=BRATS_LAYOUTS, default="2021",
+                   help="file layout (default 2021; 2023 uses t2f/t1c/t1n/t2w and ET label 3)")
+    p.add_argument("--nii", action="store_true", help="write uncompressed .nii instead of .nii.gz")
+    p.add_argument("--no-seg", action="store_true", help="omit the seg files (prediction-only cases)")
+    p.set_defaults(func=_synth_brats)
+
+    c = kinds.add_parser("chaos", help="CHAOS-layout MR cases: T1DUAL / T2SPIR DICOM + Ground PNG masks")
+    c.add_argument("out", help="output folder (Train_Sets/MR/<id>/... is created inside)")
+    c.add_argument("--cases", type=_positive, default=4, help="number of cases (default 4)")
+    c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    c.add_argument("--shape", type=_positive, nargs=3, metavar=("H", "W", "D"),
+                   help="rows, columns, slices (default 256 256 32)")
+    c.add_argument("--no-t2spir", action="store_true", help="write only the T1DUAL series")
+    c.set_defaults(func=_synth_chaos)

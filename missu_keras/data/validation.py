@@ -1,0 +1,290 @@
+"""Per-case checks before anything is trained on a case, and read-only NIfTI loading.
+
+Every check names the file, what was expected and what was found:
+
+* every modality present (``FileNotFoundError``);
+* each file readable as NIfTI (``ValueError``);
+* same shape, and same affine within ``atol`` (default 1e-3), across modalities and seg;
+* finite values (no NaN / inf);
+* labels inside the label convention's set (`missu_keras.labels`);
+* a non-empty brain mask (voxels where any modality is non-zero).
+
+Files are opened read-only and never written to.
+
+>>> import tempfile
+>>> from missu_keras.data.brats import find_brats_cases
+>>> from missu_keras.data.synthetic import write_synthetic_brats
+>>> root = tempfile.mkdtemp()
+>>> _ = write_synthetic_brats(root, num_cases=1, seed=0, shape=(32, 32, 24))
+>>> case = find_brats_cases(root)[0]
+>>> loaded = load_brats_case(case)
+>>> loaded.image.shape, loaded.image.dtype, loaded.labels.shape
+((32, 32, 24, 4), dtype('float32'), (32, 32, 24))
+>>> valid, skipped = validate_cases([case])
+>>> len(valid), skipped
+(1, [])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from missu_keras.labels import get_label_convention
+
+logger = logging.getLogger("missu_keras.data")
+
+AFFINE_ATOL = 1e-3
+
+
+@dataclasses.dataclass
+class LoadedCase:
+    """A case read into memory and validated.
+
+    Attributes:
+        case_id: the case name.
+        image: ``(H, W, D, C)`` float32, channels in ``channel_names`` order.
+        labels: ``(H, W, D)`` dataset labels (e.g. BraTS 0/1/2/4), or ``None``.
+        affine: ``(4, 4)`` voxel-to-world matrix of the first channel.
+        spacing: ``(3,)`` voxel size in mm.
+        channel_names: e.g. ``("flair", "t1ce", "t1", "t2")``.
+        label_convention: name of the convention ``labels`` are written in.
+        source_files: the files the case was read from.
+    """
+
+    case_id: str
+    image: np.ndarray
+    labels: Optional[np.ndarray]
+    affine: np.ndarray
+    spacing: Tuple[float, float, float]
+    channel_names: Tuple[str, ...]
+    label_convention: str
+    source_files: Tuple[Path, ...] = ()
+
+
+class SkippedCase(NamedTuple):
+    """A case left out by ``skip_invalid=True``, with the reason."""
+
+    case_id: str
+    reason: str
+
+
+class ValidationResult(NamedTuple):
+    valid: list
+    skipped: List[SkippedCase]
+
+
+def _nib():
+    import nibabel
+
+    return nibabel
+
+
+def read_nifti_header(path) -> Tuple[Tuple[int, ...], np.ndarray, object]:
+    """Reads only the header: returns ``(shape, affine, image)``; the data stay on disk.
+
+    A file that is not a readable NIfTI raises ``ValueError`` naming it. Trailing
+    singleton dimensions are dropped from ``shape``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        img = _nib().load(str(path), mmap=False)
+        shape = tuple(int(s) for s in img.shape)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # nibabel raises many types for a broken file
+        raise ValueError(
+            f"{path}: cannot read NIfTI header: expected a NIfTI-1/2 image, found "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise ValueError(f"{path}: expected a 3-D volume, found shape {tuple(img.shape)}")
+    return shape, affine, img
+
+
+def _read_data(path: Path, img, shape, dtype) -> np.ndarray:
+    try:
+        if dtype is None:
+            data = np.asanyarray(img.dataobj)
+        elif np.dtype(dtype).kind == "f":
+            data = np.asarray(img.get_fdata(dtype=dtype))
+        else:
+            data = np.asanyarray(img.dataobj).astype(dtype, copy=False)
+    except Exception as exc:  # truncated gzip: EOFError, zlib.error, OSError ...
+        raise ValueError(
+            f"{path}: cannot read NIfTI data: expected {int(np.prod(shape))} voxels of a "
+            f"readable image, found {type(exc).__name__}: {exc}"
+        ) from exc
+    return data.reshape(shape)
+
+
+def read_nifti(path, dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:
+    """Reads a NIfTI volume read-only: returns ``(data (H, W, D), affine (4, 4))``.
+
+    ``dtype``: a float type -> scaled data as that type; ``None`` -> the stored values
+    as stored (scaled if the header says so); another type -> cast to it.
+    """
+    shape, affine, img = read_nifti_header(path)
+    return _read_data(Path(path), img, shape, dtype), affine
+
+
+def check_finite(array: np.ndarray, source) -> None:
+    """``ValueError`` naming ``source`` if ``array`` holds NaN or inf."""
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array)
+        n = int(bad.sum())
+        if n:
+            raise ValueError(
+                f"{source}: expected finite values, found {n} non-finite voxel(s) "
+                f"(NaN/inf), first at index {tuple(int(i) for i in np.argwhere(bad)[0])}"
+            )
+
+
+def check_same_geometry(
+    ref_source, ref_shape, ref_affine, source, shape, affine, atol: float = AFFINE_ATOL
+) -> None:
+    """``ValueError`` naming ``source`` if its shape or affine differ from the reference."""
+    if tuple(shape) != tuple(ref_shape):
+        raise ValueError(
+            f"{source}: shape mismatch: expected {tuple(ref_shape)} (as {ref_source}), found {tuple(shape)}"
+        )
+    if ref_affine is not None and affine is not None:
+        diff = float(np.max(np.abs(np.asarray(affine) - np.asarray(ref_affine))))
+        if not diff <= atol:
+            raise ValueError(
+                f"{source}: affine mismatch: expected {np.asarray(ref_affine).round(4).tolist()} "
+                f"(as {ref_source}, atol {atol}), found {np.asarray(affine).round(4).tolist()} "
+                f"(max difference {diff:.4g})"
+            )
+
+
+def check_labels(labels: np.ndarray, label_convention: str, source) -> np.ndarray:
+    """Checks the labels are in the convention's set; returns them as uint8 labels."""
+    labels = np.asarray(labels)
+    check_finite(labels, source)
+    conv = get_label_convention(label_convention)
+    if labels.dtype.kind == "u" and labels.dtype.itemsize <= 2:
+        # Unsigned labels: one table look-up per voxel; the out-of-set values (if any)
+        # then go through the convention for its usual error message.
+        allowed = np.zeros(256 ** labels.dtype.itemsize, bool)
+        allowed[[v for v in conv.labels if v < allowed.size]] = True
+        ok = allowed[labels]
+        if not ok.all():
+            conv.to_classes(np.unique(labels[~ok]), source=str(source))
+        return labels.astype(np.uint8, copy=False)
+    conv.to_classes(labels, source=str(source))
+    return np.rint(labels).astype(np.uint8) if labels.dtype.kind == "f" else labels.astype(np.uint8)
+
+
+def check_brain_mask(image: np.ndarray, source) -> None:
+    """``ValueError`` if no voxel of ``image (H, W, D, C)`` is non-zero in any channel."""
+    if not np.any(image):
+        raise ValueError(
+            f"{source}: empty brain mask: expected voxels where some modality is non-zero, "
+            f"found all {int(np.prod(image.shape[:3]))} voxels zero in every modality"
+        )
+
+
+def spacing_from_affine(affine: np.ndarray) -> Tuple[float, float, float]:
+    """Voxel size ``(3,)`` in mm: the column norms of the affine's 3x3 part."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def load_brats_case(case, label_convention: Optional[str] = None, atol: float = AFFINE_ATOL) -> LoadedCase:
+    """Reads a `BratsCase` and runs every check (see the module docstring).
+
+    Args:
+        case: a `missu_keras.data.brats.BratsCase`.
+        label_convention: ``"brats"`` (0/1/2/4) or ``"brats2023"`` (0/1/2/3); default
+            the convention of the case's layout.
+        atol: tolerance of the affine comparison.
+
+    Returns:
+        A `LoadedCase`: ``image (H, W, D, C)`` float32 in the case's modality order,
+        ``labels (H, W, D)`` uint8 dataset labels or ``None``.
+    """
+    convention = label_convention or case.label_convention
+    get_label_convention(convention)  # unknown names fail before any file is read
+    for m, p in case.image_paths.items():
+        if not Path(p).is_file():
+            present = sorted(os.listdir(case.directory)) if Path(case.directory).is_dir() else []
+            raise FileNotFoundError(
+                f"{p}: modality {m!r} of case {case.case_id!r} not found: expected this file "
+                f"(or .nii), found {present}"
+            )
+    paths = list(case.image_paths.values())
+    headers = [read_nifti_header(p) for p in paths]
+    seg_header = read_nifti_header(case.seg_path) if case.seg_path is not None else None
+    ref_path, (ref_shape, ref_affine, _) = paths[0], headers[0]
+    for p, (shape, affine, _) in zip(paths[1:], headers[1:]):
+        check_same_geometry(ref_path, ref_shape, ref_affine, p, shape, affine, atol)
+    if seg_header is not None:
+        check_same_geometry(ref_path, ref_shape, ref_affine, case.seg_path, seg_header[0], seg_header[1], atol)
+
+    image = np.empty(ref_shape + (len(paths),), dtype=np.float32)
+    for c, (p, (shape, _, img)) in enumerate(zip(paths, headers)):
+        channel = _read_data(Path(p), img, shape, np.float32)
+        check_finite(channel, p)  # on the contiguous array: faster than on the strided channel
+        image[..., c] = channel
+    labels = None
+    if seg_header is not None:
+        raw = _read_data(Path(case.seg_path), seg_header[2], seg_header[0], None)
+        labels = check_labels(np.asarray(raw), convention, case.seg_path)
+    check_brain_mask(image, f"case {case.case_id!r} ({', '.join(str(p) for p in paths)})")
+    return LoadedCase(
+        case_id=case.case_id,
+        image=image,
+        labels=labels,
+        affine=ref_affine,
+        spacing=spacing_from_affine(ref_affine),
+        channel_names=tuple(case.image_paths),
+        label_convention=convention,
+        source_files=tuple(Path(p) for p in case.source_files()),
+    )
+
+
+def _load_any(case, label_convention):
+    return case.load(label_convention) if label_convention is not None else case.load()
+
+
+def validate_cases(
+    cases: Sequence,
+    label_convention: Optional[str] = None,
+    skip_invalid: bool = False,
+    loader: Optional[Callable] = None,
+) -> ValidationResult:
+    """Loads and checks every case; returns ``(valid_cases, skipped)``.
+
+    Args:
+        cases: `BratsCase` or `missu_keras.data.chaos.ChaosCase` records.
+        label_convention: convention to check labels against (default per case).
+        skip_invalid: ``False`` raises the first case's error; ``True`` leaves bad
+            cases out, logs a warning per case and returns them as `SkippedCase`
+            ``(case_id, reason)``.
+        loader: ``loader(case, label_convention)`` to use instead of ``case.load``.
+
+    Returns:
+        `ValidationResult` ``(valid, skipped)``: the good case records and the skipped ones.
+    """
+    load = loader or _load_any
+    valid, skipped = [], []
+    for case in cases:
+        try:
+            load(case, label_convention)
+        except (ValueError, OSError) as exc:
+            if not skip_invalid:
+                raise
+            reason = f"{type(exc).__name__}: {exc}"
+            logger.warning("skipping case %s: %s", case.case_id, reason)
+            skipped.append(SkippedCase(case.case_id, reason))
+        else:
+            valid.append(case)
+    return ValidationResult(valid, skipped)

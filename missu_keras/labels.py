@@ -1,0 +1,124 @@
+"""Label conventions: dataset labels <-> training classes, and evaluation regions.
+
+One place for the conversion both ways (the nnU-Net habit), so training, evaluation,
+prediction and export can never disagree.
+
+>>> conv = get_label_convention("brats")
+>>> conv.labels
+(0, 1, 2, 4)
+>>> import numpy as np
+>>> classes = conv.to_classes(np.array([0, 1, 2, 4]))
+>>> classes.tolist()
+[0, 1, 2, 3]
+>>> conv.to_labels(classes).tolist()
+[0, 1, 2, 4]
+>>> sorted(conv.regions)
+['ET', 'TC', 'WT']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Mapping, Tuple
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConvention:
+    """How a dataset writes its labels, and which labels make up each scored region.
+
+    Args:
+        name: short name, e.g. ``"brats"``.
+        labels: dataset label values in training-class order (class ``i`` is
+            ``labels[i]``); ``labels[0]`` is background.
+        regions: ``{region_name: tuple_of_dataset_labels}`` used for scoring.
+    """
+
+    name: str
+    labels: Tuple[int, ...]
+    regions: Mapping[str, Tuple[int, ...]]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def to_classes(self, labels: np.ndarray, source: str = "labels") -> np.ndarray:
+        """Maps dataset labels to training classes ``0..K-1``.
+
+        Raises ``ValueError`` naming ``source`` and the unexpected values when a
+        label is outside this convention.
+        """
+        labels = np.asarray(labels)
+        lut_size = max(int(labels.max(initial=0)), max(self.labels)) + 1
+        if labels.size and (labels.min() < 0 or not np.all(labels == np.round(labels))):
+            bad = np.unique(labels[(labels < 0) | (labels != np.round(labels))])[:10]
+            raise ValueError(
+                f"{source}: found label values {bad.tolist()}; expected integers in "
+                f"{list(self.labels)} ({self.name} convention)"
+            )
+        lut = np.full(lut_size, -1, dtype=np.int64)
+        for cls, lab in enumerate(self.labels):
+            lut[lab] = cls
+        out = lut[labels.astype(np.int64)]
+        if np.any(out < 0):
+            bad = np.unique(labels[out < 0])[:10]
+            raise ValueError(
+                f"{source}: found label values {bad.tolist()}; expected only "
+                f"{list(self.labels)} ({self.name} convention)"
+            )
+        return out.astype(np.uint8)
+
+    def to_labels(self, classes: np.ndarray) -> np.ndarray:
+        """Maps training classes ``0..K-1`` back to dataset labels."""
+        classes = np.asarray(classes)
+        if classes.size and (classes.min() < 0 or classes.max() >= self.num_classes):
+            raise ValueError(
+                f"class indices must be in [0, {self.num_classes - 1}]; "
+                f"found range [{classes.min()}, {classes.max()}]"
+            )
+        return np.asarray(self.labels, dtype=np.uint8)[classes.astype(np.int64)]
+
+    def region_masks(self, labels: np.ndarray) -> Dict[str, np.ndarray]:
+        """Boolean mask per region from a dataset-label volume."""
+        labels = np.asarray(labels)
+        return {name: np.isin(labels, members) for name, members in self.regions.items()}
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "labels": list(self.labels),
+            "regions": {k: list(v) for k, v in self.regions.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "LabelConvention":
+        return cls(
+            name=d["name"],
+            labels=tuple(int(v) for v in d["labels"]),
+            regions={k: tuple(int(x) for x in v) for k, v in d["regions"].items()},
+        )
+
+
+LABEL_CONVENTIONS: Dict[str, LabelConvention] = {
+    # BraTS 2012-2021: 1 necrotic/non-enhancing core, 2 edema, 4 enhancing (no 3).
+    "brats": LabelConvention(
+        "brats", (0, 1, 2, 4), {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+    ),
+    # BraTS 2023+: enhancing tumour is 3.
+    "brats2023": LabelConvention(
+        "brats2023", (0, 1, 2, 3), {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+    ),
+    # CHAOS MR liver: masks are thresholded to 0/1 when read.
+    "chaos": LabelConvention("chaos", (0, 1), {"liver": (1,)}),
+}
+
+
+def get_label_convention(name: str) -> LabelConvention:
+    """Returns a registered convention by name (``brats``, ``brats2023``, ``chaos``)."""
+    try:
+        return LABEL_CONVENTIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown label convention {name!r}; expected one of {sorted(LABEL_CONVENTIONS)}"
+        ) from None

@@ -1,0 +1,114 @@
+"""Bottleneck-to-output decoder blocks (BatchNorm eps 1e-5, PyTorch momentum 0.1)."""
+
+from __future__ import annotations
+
+from keras import layers, ops
+
+from missu_keras.layers.base import register
+
+# PyTorch's BatchNorm momentum 0.1 weights the new batch; Keras' momentum weights the
+# running value, so 0.1 there is 0.9 here. Batch statistics are synchronised across
+# replicas under tf.distribute, so N replicas of batch b train like one device of N*b.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+@register
+class DeBlock(layers.Layer):
+    """``Conv3 -> BN -> ReLU -> Conv3 -> BN -> ReLU`` with an optional identity residual.
+
+    ``residual=True`` is the released code's ``DeBlock`` and ``Enblock8_2``
+    (``x + ReLU(BN(Conv3(ReLU(BN(Conv3(x))))))``); ``residual=False`` is ``Enblock8_1``,
+    which also changes the width (E -> 8b).
+
+    ``(B, H, W, D, C)`` -> ``(B, H, W, D, filters)``.
+    """
+
+    def __init__(self, filters, residual=True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.residual = residual
+        p = self.dtype_policy
+        self.conv1 = layers.Conv3D(filters, 3, padding="same", name="conv1", dtype=p)
+        self.bn1 = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name="bn1", dtype=p)
+        self.conv2 = layers.Conv3D(filters, 3, padding="same", name="conv2", dtype=p)
+        self.bn2 = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name="bn2", dtype=p)
+
+    def build(self, input_shape):
+        if self.residual and input_shape[-1] != self.filters:
+            raise ValueError(
+                f"A residual DeBlock keeps the width: input channels {input_shape[-1]} "
+                f"!= filters {self.filters}"
+            )
+        out_shape = (*input_shape[:-1], self.filters)
+        self.conv1.build(input_shape)
+        self.bn1.build(out_shape)
+        self.conv2.build(out_shape)
+        self.bn2.build(out_shape)
+        self.built = True
+
+    def call(self, x, training=None):
+        y = ops.relu(self.bn1(self.conv1(x), training=training))
+        y = ops.relu(self.bn2(self.conv2(y), training=training))
+        return x + y if self.residual else y
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "residual": self.residual}
+
+
+@register
+class UpCat(layers.Layer):
+    """``DeUp_Cat``: Conv1x1(filters), ConvTranspose(filters, 2x2x2, stride 2),
+    ``concat([skip, up])`` (skip first, as the released weights expect), Conv1x1(filters).
+
+    Call as ``UpCat(f)(x)`` (no skip connection, Fig. 5's ablation) or
+    ``UpCat(f)([x, skip])``. ``x``: ``(B, h, w, d, C_in)``; ``skip``: ``(B, 2h, 2w, 2d, C_s)``;
+    output ``(B, 2h, 2w, 2d, filters)``.
+    """
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        p = self.dtype_policy
+        self.conv1 = layers.Conv3D(filters, 1, name="conv1", dtype=p)
+        self.conv2 = layers.Conv3DTranspose(filters, 2, strides=2, name="conv2", dtype=p)
+        self.conv3 = layers.Conv3D(filters, 1, name="conv3", dtype=p)
+
+    @staticmethod
+    def _split(inputs):
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != 2:
+                raise ValueError(f"UpCat takes x or [x, skip]; received {len(inputs)} inputs")
+            return inputs[0], inputs[1]
+        return inputs, None
+
+    def build(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)):
+            x_shape, skip_shape = input_shape
+        else:
+            x_shape, skip_shape = input_shape, None
+        self.conv1.build(x_shape)
+        self.conv2.build((*x_shape[:-1], self.filters))
+        cat_channels = self.filters + (skip_shape[-1] if skip_shape is not None else 0)
+        up_shape = self.compute_output_shape(x_shape)
+        self.conv3.build((*up_shape[:-1], cat_channels))
+        self.built = True
+
+    def call(self, inputs):
+        x, skip = self._split(inputs)
+        y = self.conv2(self.conv1(x))
+        if skip is not None:
+            y = ops.concatenate([skip, y], axis=-1)
+        return self.conv3(y)
+
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)):
+            input_shape = input_shape[0]
+        spatial = [None if s is None else 2 * s for s in input_shape[1:-1]]
+        return (input_shape[0], *spatial, self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}

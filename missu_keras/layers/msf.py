@@ -1,0 +1,92 @@
+"""The training-only multi-scale fusion (MSF) branch (paper Sec. III-B, Eq. 2-3)."""
+
+from __future__ import annotations
+
+from keras import layers, ops
+
+from missu_keras.layers.base import register
+
+
+@register
+class MultiScaleFusion(layers.Layer):
+    """Dense atrous block (the 3D form of CE-Net's DAC): ``Abar = A + b1 + b2 + b3 + b4``.
+
+    Four parallel branches, each ending in ReLU, with receptive fields 3, 7, 9 and 19
+    (all 3x3x3 unless said, each convolution with its own weights):
+
+    - b1: conv rate 1
+    - b2: conv rate 3, conv 1x1x1
+    - b3: conv rate 1, conv rate 3, conv 1x1x1
+    - b4: conv rate 1, conv rate 3, conv rate 5, conv 1x1x1
+
+    Shape preserving: ``(B, H, W, D, c)`` -> ``(B, H, W, D, c)``.
+    """
+
+    BRANCHES = ((1,), (3, "1x1"), (1, 3, "1x1"), (1, 3, 5, "1x1"))
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.branches = []
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        p = self.dtype_policy
+        self.branches = []
+        for i, spec in enumerate(self.BRANCHES, start=1):
+            convs = []
+            for j, rate in enumerate(spec, start=1):
+                if rate == "1x1":
+                    conv = layers.Conv3D(c, 1, name=f"branch{i}_conv{j}_1x1", dtype=p)
+                else:
+                    conv = layers.Conv3D(c, 3, padding="same", dilation_rate=rate,
+                                         name=f"branch{i}_conv{j}_rate{rate}", dtype=p)
+                conv.build(input_shape)
+                convs.append(conv)
+            self.branches.append(convs)
+        self.built = True
+
+    def call(self, x):
+        out = x
+        for convs in self.branches:
+            y = x
+            for conv in convs:
+                y = conv(y)
+            out = out + ops.relu(y)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@register
+class PyramidFusion(layers.Layer):
+    """One step of the bottom-up pyramid (Eq. 3):
+    ``B_s = ConvA(Abar_s) + ConvB(B_{s-1})``.
+
+    ConvA is 1x1x1 stride 1 (c_s -> c_s); ConvB is 3x3x3 stride 2 (c_{s-1} -> c_s) with
+    one voxel of symmetric zero padding (as the encoder's downsampling).
+    Call as ``PyramidFusion()([abar_s, b_prev])`` with ``abar_s``: ``(B, H, W, D, c_s)``
+    and ``b_prev``: ``(B, 2H, 2W, 2D, c_{s-1})``; output ``(B, H, W, D, c_s)``.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pad = layers.ZeroPadding3D(1, dtype=self.dtype_policy)
+        self.conv_a = self.conv_b = None
+
+    def build(self, input_shape):
+        abar_shape, prev_shape = input_shape
+        c = abar_shape[-1]
+        p = self.dtype_policy
+        self.conv_a = layers.Conv3D(c, 1, name="conv_a", dtype=p)
+        self.conv_b = layers.Conv3D(c, 3, strides=2, padding="valid", name="conv_b", dtype=p)
+        self.conv_a.build(abar_shape)
+        self.conv_b.build(self.pad.compute_output_shape(prev_shape))
+        self.built = True
+
+    def call(self, inputs):
+        abar, prev = inputs
+        return self.conv_a(abar) + self.conv_b(self.pad(prev))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]

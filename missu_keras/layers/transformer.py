@@ -1,0 +1,162 @@
+"""The Transformer bottleneck: feature projection, learned positions, pre-norm layers."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers, ops
+
+from missu_keras.layers.base import register
+from missu_keras.layers.decoder import BN_EPSILON, BN_MOMENTUM
+
+
+@register
+class Bottleneck(layers.Layer):
+    """BatchNorm -> ReLU -> Conv3D(embed_dim, 3x3x3, same) on A4 (the released code's
+    ``bn`` and ``conv_x``).
+
+    ``(B, h, w, d, 8b)`` -> ``(B, h, w, d, embed_dim)``; reshaping to tokens
+    ``(B, h*w*d, embed_dim)`` in row-major (h, w, d) order is done by the model.
+    """
+
+    def __init__(self, embed_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.embed_dim = embed_dim
+        p = self.dtype_policy
+        self.bn = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name="bn", dtype=p)
+        self.conv = layers.Conv3D(embed_dim, 3, padding="same", name="conv_x", dtype=p)
+
+    def build(self, input_shape):
+        self.bn.build(input_shape)
+        self.conv.build(input_shape)
+        self.built = True
+
+    def call(self, x, training=None):
+        return self.conv(ops.relu(self.bn(x, training=training)))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.embed_dim)
+
+    def get_config(self):
+        return {**super().get_config(), "embed_dim": self.embed_dim}
+
+
+@register
+class PositionEmbedding(layers.Layer):
+    """Adds a learned position embedding ``(1, N, E)`` to tokens ``(B, N, E)``.
+
+    N is fixed when the layer is built, so a model built for 128^3 patches takes 128^3
+    patches. Initialised to zeros like the released code.
+    """
+
+    def __init__(self, initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.initializer = keras.initializers.get(initializer)
+
+    def build(self, input_shape):
+        self.position_embeddings = self.add_weight(
+            name="position_embeddings",
+            shape=(1, input_shape[1], input_shape[2]),
+            initializer=self.initializer,
+        )
+        self.built = True
+
+    def call(self, x):
+        return x + ops.cast(self.position_embeddings, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(),
+                "initializer": keras.initializers.serialize(self.initializer)}
+
+
+@register
+class TransformerLayer(layers.Layer):
+    """One pre-norm Transformer layer of the released code:
+
+    ``x = x + Dropout(MSA(LN(x)))`` then ``x = x + FFN(LN(x))`` with LayerNorm eps 1e-5.
+    MSA uses one fused qkv projection without bias (output features ordered
+    ``(3, heads, head_dim)``), scale ``head_dim ** -0.5``, softmax in float32, attention
+    dropout, and an output projection with bias. FFN: Dense(mlp_dim) -> exact (erf)
+    GELU -> Dropout -> Dense(E) -> Dropout.
+
+    ``(B, N, E)`` -> ``(B, N, E)``.
+    """
+
+    def __init__(self, num_heads, mlp_dim, dropout_rate=0.1, attn_dropout_rate=0.1,
+                 epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.dropout_rate = dropout_rate
+        self.attn_dropout_rate = attn_dropout_rate
+        self.epsilon = epsilon
+        p = self.dtype_policy
+        self.norm1 = layers.LayerNormalization(epsilon=epsilon, name="norm1", dtype=p)
+        self.norm2 = layers.LayerNormalization(epsilon=epsilon, name="norm2", dtype=p)
+        self.attn_dropout = layers.Dropout(attn_dropout_rate, dtype=p)
+        self.proj_dropout = layers.Dropout(dropout_rate, dtype=p)
+        self.mlp_dropout1 = layers.Dropout(dropout_rate, dtype=p)
+        self.mlp_dropout2 = layers.Dropout(dropout_rate, dtype=p)
+        self.qkv = self.proj = self.fc1 = self.fc2 = None
+
+    def build(self, input_shape):
+        embed_dim = input_shape[-1]
+        if embed_dim % self.num_heads:
+            raise ValueError(
+                "embed_dim must be divisible by num_heads. "
+                f"Received: embed_dim={embed_dim}, num_heads={self.num_heads}"
+            )
+        p = self.dtype_policy
+        self.qkv = layers.Dense(3 * embed_dim, use_bias=False, name="qkv", dtype=p)
+        self.proj = layers.Dense(embed_dim, name="proj", dtype=p)
+        self.fc1 = layers.Dense(self.mlp_dim, name="fc1", dtype=p)
+        self.fc2 = layers.Dense(embed_dim, name="fc2", dtype=p)
+        self.norm1.build(input_shape)
+        self.norm2.build(input_shape)
+        self.qkv.build(input_shape)
+        self.proj.build(input_shape)
+        self.fc1.build(input_shape)
+        self.fc2.build((*input_shape[:-1], self.mlp_dim))
+        self.built = True
+
+    def attention(self, x, training=None):
+        shape = ops.shape(x)
+        batch, tokens, embed_dim = shape[0], shape[1], x.shape[-1]
+        head_dim = embed_dim // self.num_heads
+        qkv = ops.reshape(self.qkv(x), (batch, tokens, 3, self.num_heads, head_dim))
+        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B, heads, N, head_dim)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * (head_dim ** -0.5)
+        weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
+        weights = self.attn_dropout(weights, training=training)
+        out = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
+        out = ops.reshape(out, (batch, tokens, embed_dim))
+        return self.proj(out)
+
+    def call(self, x, training=None):
+        x = x + self.proj_dropout(self.attention(self.norm1(x), training=training), training=training)
+        y = ops.gelu(self.fc1(self.norm2(x)), approximate=False)
+        y = self.mlp_dropout2(self.fc2(self.mlp_dropout1(y, training=training)), training=training)
+        return x + y
+
+    def attention_macs(self, input_shape):
+        """Multiply-accumulates of the two attention matmuls (QK^T and AV) per sample."""
+        tokens, embed_dim = input_shape[-2], input_shape[-1]
+        return 2 * tokens * tokens * embed_dim
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "dropout_rate": self.dropout_rate,
+            "attn_dropout_rate": self.attn_dropout_rate,
+            "epsilon": self.epsilon,
+        }

@@ -1,0 +1,158 @@
+"""`MISSU`: the trainable model (``L = L_seg + lambda * L_sd``) and its inference graph."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from missu_keras.config import MISSUConfig
+from missu_keras.layers import SelfDistillationLoss
+from missu_keras.layers.base import register
+from missu_keras.losses import get_segmentation_loss
+from missu_keras.models.backbone import MISSUBackbone
+from missu_keras.presets import get_preset_config
+
+
+@register
+class MISSU(keras.Model):
+    """MISSU for ``model.fit``: a `MISSUBackbone` plus the training loss of Eq. 6.
+
+    ``call`` returns only the class probabilities ``(B, H, W, D, num_classes)``; the
+    custom ``train_step`` / ``test_step`` also read the encoder features A1..A3 and the
+    MSF pyramid B1..B3 to add ``distill_weight * L_sd`` (Eq. 5) and report ``loss``,
+    ``seg_loss`` and ``sd_loss``. Per-sample losses are summed and divided by the
+    global batch (per-replica batch x replicas), so the gradient is exact under
+    ``tf.distribute.MirroredStrategy``. Targets are integer training classes
+    ``(B, H, W, D)`` (BraTS label 4 is class 3, see `missu_keras.labels`).
+
+    The segmentation loss is part of the configuration (``seg_loss``: ``"ce"`` as in
+    the paper, ``"dice"`` as in the released code, or ``"dice_ce"``); compile with an
+    optimizer (e.g. `missu_keras.paper_optimizer`) and optional metrics, no ``loss``.
+
+    Example:
+
+    >>> import numpy as np, missu_keras
+    >>> model = MISSU.from_preset("tiny", image_size=32, embed_dim=32, num_layers=1)
+    >>> model.compile(optimizer=missu_keras.paper_optimizer(total_steps=2))
+    >>> x = np.random.rand(2, 32, 32, 32, 4).astype("float32")
+    >>> y = np.random.randint(0, 4, (2, 32, 32, 32))
+    >>> history = model.fit(x, y, batch_size=1, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['loss', 'sd_loss', 'seg_loss']
+    >>> model.inference_model().predict(x[:1], verbose=0).shape
+    (1, 32, 32, 32, 4)
+    """
+
+    def __init__(self, **config):
+        name = config.pop("name", "missu")
+        trainable = config.pop("trainable", True)
+        config.pop("dtype", None)
+        self.config = MISSUConfig.from_dict(config)
+        super().__init__(name=name, trainable=trainable)
+        self.backbone = MISSUBackbone(**self.config.to_dict(), name="backbone")
+        self.sd_loss_fn = SelfDistillationLoss(
+            teacher_stop_gradient=self.config.teacher_stop_gradient, name="self_distillation"
+        )
+        self._seg_loss_fn = get_segmentation_loss(self.config.seg_loss)
+        self.seg_loss_tracker = keras.metrics.Mean(name="seg_loss")
+        self.sd_loss_tracker = keras.metrics.Mean(name="sd_loss")
+        self.built = True
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """Builds the preset ``name`` (see `missu_keras.list_presets`) with any
+        configuration names overridden, e.g. ``image_size=64``."""
+        config = get_preset_config(name)
+        unknown = sorted(set(overrides) - set(MISSUConfig.field_names()))
+        if unknown:
+            raise ValueError(
+                f"Unknown configuration names {unknown}; accepted: {MISSUConfig.field_names()}"
+            )
+        config.update(overrides)
+        return cls(**config)
+
+    # --- inference -----------------------------------------------------------------
+    def call(self, inputs, training=None):
+        return self.backbone(inputs, training=training)["probabilities"]
+
+    def inference_model(self):
+        """A plain functional ``keras.Model`` ``image -> probabilities`` that shares this
+        model's weights. In ``msf_mode="local"`` (the MISSU default) and ``"none"`` it
+        holds no MSF layer or weight; in ``"ms_output"`` the decoder reads B_s, so the
+        MSF stays (the paper's MS-output variant)."""
+        return keras.Model(
+            inputs=self.backbone.input,
+            outputs=self.backbone.output["probabilities"],
+            name="missu_inference",
+        )
+
+    # --- training ------------------------------------------------------------------
+    @property
+    def uses_distillation(self):
+        return self.config.self_distill and self.config.msf_mode != "none"
+
+    def compute_losses(self, x, y, training):
+        """Per-sample ``(seg, sd)`` losses, float32 vectors ``(B,)``, and the outputs."""
+        outputs = self.backbone(x, training=training)
+        seg = self._seg_loss_fn(y, outputs["logits"])
+        if self.uses_distillation:
+            sd = self.sd_loss_fn(
+                [outputs[f"A{s}"] for s in (1, 2, 3)],
+                [outputs[f"B{s}"] for s in (1, 2, 3)],
+            )
+        else:
+            sd = ops.zeros_like(seg)
+        return seg, sd, outputs
+
+    def _check_compiled_loss(self):
+        if self._compile_loss is not None:
+            raise ValueError(
+                "MISSU computes its own loss (seg_loss + distill_weight * L_sd); compile "
+                "without `loss=` and choose the segmentation loss with the `seg_loss` "
+                f"configuration ({self.config.seg_loss!r} now)."
+            )
+
+    def _step(self, data, training):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        seg, sd, outputs = self.compute_losses(x, y, training=training)
+        total = seg + float(self.config.distill_weight) * sd
+        if sample_weight is not None:
+            w = ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
+            seg, sd, total = seg * w, sd * w, total * w
+        local_batch = ops.cast(ops.shape(total)[0], "float32")
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        # Sum over this replica's samples / global batch: the all-reduce SUM of the
+        # replicas' gradients is then the gradient of the global-batch mean.
+        loss = ops.sum(total) / (local_batch * replicas)
+        return loss, seg, sd, total, outputs["probabilities"], local_batch, y, sample_weight
+
+    def _update_metrics(self, seg, sd, total, probs, local_batch, y, sample_weight):
+        self._loss_tracker.update_state(ops.mean(total), sample_weight=local_batch)
+        self.seg_loss_tracker.update_state(ops.mean(seg), sample_weight=local_batch)
+        self.sd_loss_tracker.update_state(ops.mean(sd), sample_weight=local_batch)
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(y, probs, sample_weight)
+        return self.get_metrics_result()
+
+    def train_step(self, data):
+        self._check_compiled_loss()
+        with tf.GradientTape() as tape:
+            loss, seg, sd, total, probs, local_batch, y, sw = self._step(data, training=True)
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+        return self._update_metrics(seg, sd, total, probs, local_batch, y, sw)
+
+    def test_step(self, data):
+        self._check_compiled_loss()
+        _, seg, sd, total, probs, local_batch, y, sw = self._step(data, training=False)
+        return self._update_metrics(seg, sd, total, probs, local_batch, y, sw)
+
+    # --- config --------------------------------------------------------------------
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, **self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,265 @@
+"""``missu-keras score``: score existing segmentations (any method's NIfTI) against GT.
+
+Usage::
+
+    missu-keras score --pred PRED_DIR --gt GT_DIR --out OUT_DIR [--convention brats]
+
+Writes ``OUT_DIR/cases.csv`` (``case, WT_dice, WT_hd95, ...``), ``OUT_DIR/summary.json``
+(``{region: {metric: {mean, std, median}}}``) and ``OUT_DIR/convention.txt``, and prints
+a table and the scoring convention (`missu_keras.metrics.CONVENTION`). Input files are
+only read.
+
+How files are matched by case name (`index_segmentations`, applied to both folders,
+searched recursively, ``.nii.gz`` or ``.nii``):
+
+- ``<case>_seg.nii.gz`` or ``<case>-seg.nii.gz`` (BraTS 2023) -> ``<case>``;
+- ``<case>/seg.nii.gz`` -> ``<case>`` (the folder's name);
+- in a case folder ``<case>/`` holding ``<case>_seg``, ``seg`` or ``<case>.nii.gz``,
+  every other file (modalities, probability maps) is ignored;
+- any other ``<name>.nii.gz`` (e.g. in a flat folder) -> ``<name>``, except names ending in a
+  BraTS modality (``_flair``, ``_t1``, ``_t1ce``, ``_t2``, ``-t1n``, ``-t1c``, ``-t2w``,
+  ``-t2f``, with ``_`` or ``-``) or a probability map (``_prob``, ``_probs``,
+  ``_probabilities``, ``_softmax``), which are ignored.
+
+So BraTS layouts (``<case>/<case>_seg.nii.gz``, ``HGG/<case>/...``, flat
+``<case>_seg.nii.gz``) and prediction folders (``<case>.nii.gz``, ``<case>_seg.nii.gz``
+or ``<case>/...``) pair up. Every prediction must have a ground truth (else an error
+naming the file); ground-truth cases without a prediction are listed and skipped, or
+are an error with ``--require-all``. Two files giving the same case name are an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from missu_keras.labels import LABEL_CONVENTIONS, get_label_convention
+from missu_keras.metrics import (CONVENTION, format_summary_table, score_case, summarize,
+                                 write_scores)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SEG_SUFFIXES = ("_seg", "-seg")
+SEG_STEMS = ("seg",)
+# Files that are never segmentations: probability maps and BraTS modalities.
+IGNORED_SUFFIXES = tuple(
+    sep + name
+    for name in ("prob", "probs", "probabilities", "softmax",
+                 "flair", "t1", "t1ce", "t2", "t1n", "t1c", "t2w", "t2f")
+    for sep in ("_", "-")
+)
+
+
+def _nifti_stem(filename: str) -> Optional[str]:
+    if filename.startswith("."):
+        return None
+    for suffix in NIFTI_SUFFIXES:
+        if filename.endswith(suffix) and len(filename) > len(suffix):
+            return filename[: -len(suffix)]
+    return None
+
+
+def case_name(path) -> Optional[str]:
+    """The case a segmentation file belongs to, by its own name and folder, or ``None``
+    for a modality or probability map (see the module docstring).
+
+    >>> case_name("BraTS2021_00001/BraTS2021_00001_seg.nii.gz")
+    'BraTS2021_00001'
+    >>> case_name("preds/BraTS2021_00001.nii.gz"), case_name("BraTS2021_00001/seg.nii")
+    ('BraTS2021_00001', 'BraTS2021_00001')
+    >>> case_name("BraTS2021_00001/BraTS2021_00001_flair.nii.gz") is None
+    True
+    """
+    path = Path(path)
+    stem = _nifti_stem(path.name)
+    if stem is None:
+        return None
+    if stem in SEG_STEMS:
+        return path.parent.name or None
+    for suffix in SEG_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    if stem.lower().endswith(IGNORED_SUFFIXES):
+        return None
+    return stem
+
+
+def index_segmentations(root, role: str = "segmentation") -> Dict[str, Path]:
+    """``{case: path}`` for every segmentation file under ``root`` (recursive).
+
+    Per folder: if a file names the folder's own case (``<folder>_seg``, ``seg``,
+    ``<folder>``), only such files count; else every file `case_name` accepts.
+    Raises ``FileNotFoundError`` if ``root`` is not a folder and ``ValueError`` if two
+    files map to the same case; ``role`` (e.g. ``"prediction"``) names the folder in
+    the messages.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{role} folder not found: {root}")
+    found: Dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        folder = Path(dirpath)
+        cases = {f: case_name(folder / f) for f in sorted(filenames)}
+        cases = {f: c for f, c in cases.items() if c is not None}
+        # In a case folder (one holding the folder's own segmentation), the other
+        # files are that case's extras (modalities under unusual names, maps, ...).
+        own = {f: c for f, c in cases.items() if c == folder.name}
+        for filename, case in (own or cases).items():
+            path = folder / filename
+            if case in found:
+                raise ValueError(
+                    f"two {role} files for case {case!r}: {found[case]} and {path}; "
+                    f"keep one of them"
+                )
+            found[case] = path
+    return found
+
+
+def match_cases(pred_dir, gt_dir, require_all: bool = False
+                ) -> Tuple[List[Tuple[str, Path, Path]], List[str]]:
+    """Pairs predictions with ground truths by case name.
+
+    Returns ``([(case, pred_path, gt_path), ...] sorted by case, [GT cases without a
+    prediction])``. Raises ``ValueError`` naming the file for a prediction without a
+    ground truth, when nothing matches, and (with ``require_all``) naming the GT cases
+    that lack a prediction.
+    """
+    preds = index_segmentations(pred_dir, "prediction")
+    gts = index_segmentations(gt_dir, "ground-truth")
+    if not preds:
+        raise ValueError(f"no prediction NIfTI files (.nii.gz / .nii) found under {pred_dir}")
+    if not gts:
+        raise ValueError(
+            f"no ground-truth segmentations found under {gt_dir} (expected "
+            f"<case>/<case>_seg.nii.gz, <case>_seg.nii.gz or <case>.nii.gz)"
+        )
+    orphans = sorted(c for c in preds if c not in gts)
+    if orphans:
+        shown = ", ".join(f"{c!r} ({preds[c]})" for c in orphans[:5])
+        more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
+        raise ValueError(
+            f"{len(orphans)} prediction(s) have no ground truth under {gt_dir}: "
+            f"{shown}{more}"
+        )
+    missing = sorted(c for c in gts if c not in preds)
+    if missing and require_all:
+        shown = ", ".join(f"{c!r} ({gts[c]})" for c in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(
+            f"{len(missing)} ground-truth case(s) have no prediction under {pred_dir}: "
+            f"{shown}{more}"
+        )
+    pairs = [(case, preds[case], gts[case]) for case in sorted(preds)]
+    return pairs, missing
+
+
+def _load_labels(path: Path, convention) -> Tuple[np.ndarray, object]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D label volume; received shape {data.shape}")
+    convention.to_classes(data, source=str(path))  # raises on labels outside it
+    return data, img.header
+
+
+def score_directories(pred_dir, gt_dir, convention="brats", require_all: bool = False,
+                      log: Optional[Callable[[str], None]] = None):
+    """Scores every prediction under ``pred_dir`` against ``gt_dir``.
+
+    Returns ``(rows, summary, missing)``: one `score_case` dict per case with a
+    ``"case"`` key first, the `summarize` dict, and the GT cases without a prediction.
+    Spacing comes from the ground-truth header (``get_zooms()[:3]``).
+    """
+    conv = get_label_convention(convention) if isinstance(convention, str) else convention
+    pairs, missing = match_cases(pred_dir, gt_dir, require_all=require_all)
+    rows = []
+    for i, (case, pred_path, gt_path) in enumerate(pairs, start=1):
+        gt, gt_header = _load_labels(gt_path, conv)
+        pred, pred_header = _load_labels(pred_path, conv)
+        if pred.shape != gt.shape:
+            raise ValueError(
+                f"case {case!r}: prediction {pred_path} has shape {pred.shape} but ground "
+                f"truth {gt_path} has shape {gt.shape}"
+            )
+        spacing = tuple(float(z) for z in gt_header.get_zooms()[:3])
+        pred_spacing = tuple(float(z) for z in pred_header.get_zooms()[:3])
+        if log and not np.allclose(spacing, pred_spacing, rtol=1e-3):
+            log(f"warning: case {case!r}: prediction spacing {pred_spacing} differs from "
+                f"ground truth {spacing} ({gt_path}); using the ground truth's")
+        row = {"case": case, **score_case(pred, gt, spacing, conv)}
+        rows.append(row)
+        if log:
+            dice = "  ".join(f"{r} {row[f'{r}_dice']:.4f}" for r in conv.regions)
+            log(f"[{i}/{len(pairs)}] {case}: Dice {dice}")
+    return rows, summarize(rows), missing
+
+
+def handler(args) -> int:
+    """Runs ``missu-keras score``; returns the exit code (2 on a usage or data error)."""
+    try:
+        rows, summary, missing = score_directories(
+            args.pred, args.gt, args.convention, require_all=args.require_all,
+            log=print,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"missu-keras score: error: {e}", file=sys.stderr)
+        return 2
+    paths = write_scores(args.out, rows, summary)
+    print()
+    print(f"Scored {len(rows)} case(s): predictions {args.pred} vs ground truth {args.gt} "
+          f"({args.convention} convention)")
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        print(f"{len(missing)} ground-truth case(s) without a prediction were not scored: "
+              f"{shown}")
+    print(format_summary_table(summary))
+    print()
+    print(CONVENTION)
+    print()
+    print(f"Wrote {paths['cases']}, {paths['summary']} and {paths['convention']}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--pred", required=True, help="folder of predicted segmentations")
+    parser.add_argument("--gt", required=True, help="folder of ground-truth segmentations")
+    parser.add_argument("--out", required=True,
+                        help="output folder for cases.csv, summary.json, convention.txt")
+    parser.add_argument("--convention", default="brats", choices=sorted(LABEL_CONVENTIONS),
+                        help="label convention of both folders (default: brats)")
+    parser.add_argument("--require-all", action="store_true",
+                        help="fail if a ground-truth case has no prediction")
+    parser.set_defaults(func=handler)
+    return parser
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Adds ``score`` to an ``argparse`` subparsers object; returns its parser."""
+    parser = subparsers.add_parser(
+        "score",
+        help="score existing NIfTI segmentations against ground truth",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return add_arguments(parser)
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (``python -m missu_keras.scoring_cli``) until ``cli`` wires it."""
+    parser = argparse.ArgumentParser(prog="missu-keras")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Checks shared by the layer and model tests (keras-hub's habit)."""
+
+import json
+
+import keras
+import numpy as np
+
+
+def check_layer_config_roundtrip(layer, inputs):
+    """get_config -> JSON -> from_config gives a layer with the same config and the
+    same output for the same weights; also checks the registered name."""
+    out = layer(*inputs) if isinstance(inputs, tuple) else layer(inputs)
+    config = layer.get_config()
+    config = json.loads(json.dumps(config))
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == layer.get_config()
+    registered = keras.saving.get_registered_name(type(layer))
+    assert registered.startswith("missu_keras>"), registered
+    out2 = clone(*inputs) if isinstance(inputs, tuple) else clone(inputs)
+    if layer.weights:
+        clone.set_weights(layer.get_weights())
+        out2 = clone(*inputs) if isinstance(inputs, tuple) else clone(inputs)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(out2), atol=1e-6)
+    return out

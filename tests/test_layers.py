@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+from keras import layers as klayers
+
+from missu_keras.layers import (AttentionMap, Bottleneck, DeBlock, DownSample, EncoderBlock,
+                                InitConv, MultiScaleFusion, PositionEmbedding, PyramidFusion,
+                                SelfDistillationLoss, TransformerLayer, UpCat)
+from tests.helpers import check_layer_config_roundtrip
+
+rng = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return rng.standard_normal(shape).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "layer, inputs, out_shape",
+    [
+        (InitConv(8), rand(1, 8, 8, 8, 4), (1, 8, 8, 8, 8)),
+        (EncoderBlock(), rand(1, 8, 8, 8, 16), (1, 8, 8, 8, 16)),
+        (DownSample(16), rand(1, 8, 8, 8, 8), (1, 4, 4, 4, 16)),
+        (Bottleneck(32), rand(2, 4, 4, 4, 16), (2, 4, 4, 4, 32)),
+        (PositionEmbedding(initializer="random_normal"), rand(2, 10, 16), (2, 10, 16)),
+        (TransformerLayer(4, 32, 0.0, 0.0), rand(2, 10, 16), (2, 10, 16)),
+        (DeBlock(8, residual=True), rand(1, 4, 4, 4, 8), (1, 4, 4, 4, 8)),
+        (DeBlock(8, residual=False), rand(1, 4, 4, 4, 16), (1, 4, 4, 4, 8)),
+        (MultiScaleFusion(), rand(1, 8, 8, 8, 8), (1, 8, 8, 8, 8)),
+        (AttentionMap(), rand(2, 4, 4, 4, 3), (2, 4, 4, 4)),
+    ],
+    ids=lambda v: type(v).__name__ if not isinstance(v, (np.ndarray, tuple)) else None,
+)
+def test_layer_shapes_and_config_roundtrip(layer, inputs, out_shape):
+    out = check_layer_config_roundtrip(layer, inputs)
+    assert tuple(out.shape) == out_shape
+    assert tuple(layer.compute_output_shape(inputs.shape)) == out_shape
+
+
+def test_upcat_skip_first_and_without_skip():
+    x, skip = rand(1, 4, 4, 4, 16), rand(1, 8, 8, 8, 8)
+    up = UpCat(8)
+    out = check_layer_config_roundtrip(up, ([x, skip],))
+    assert out.shape == (1, 8, 8, 8, 8)
+    # conv3 sees [skip, up]: its first input channels are the skip's.
+    kernel = up.conv3.kernel.numpy()
+    assert kernel.shape == (1, 1, 1, 16, 8)
+    zeroed = kernel.copy()
+    zeroed[..., 8:, :] = 0  # keep only the skip part
+    up.conv3.kernel.assign(zeroed)
+    a = np.asarray(up([x, skip]))
+    b = np.asarray(up([rand(1, 4, 4, 4, 16), skip]))
+    np.testing.assert_allclose(a, b, atol=1e-5)  # output then depends on skip only
+    alone = UpCat(8)
+    assert alone(x).shape == (1, 8, 8, 8, 8)
+
+
+def test_pyramid_fusion_shapes_and_roundtrip():
+    out = check_layer_config_roundtrip(PyramidFusion(), ([rand(1, 4, 4, 4, 16), rand(1, 8, 8, 8, 8)],))
+    assert out.shape == (1, 4, 4, 4, 16)
+
+
+def test_downsample_matches_pytorch_padding():
+    # PyTorch Conv3d(k=3, s=2, p=1) samples centres 0, 2, 4, ... of the input; with a
+    # delta kernel (centre tap) the output is x[::2, ::2, ::2].
+    x = rand(1, 8, 8, 8, 1)
+    down = DownSample(1)
+    down(x)
+    kernel = np.zeros((3, 3, 3, 1, 1), "float32")
+    kernel[1, 1, 1] = 1
+    down.conv.kernel.assign(kernel)
+    down.conv.bias.assign(np.zeros(1, "float32"))
+    np.testing.assert_allclose(np.asarray(down(x)), x[:, ::2, ::2, ::2], atol=1e-6)
+    # Keras' own "same" padding would sample 1, 3, 5, ... instead:
+    same = klayers.Conv3D(1, 3, strides=2, padding="same")
+    same(x)
+    same.kernel.assign(kernel)
+    assert not np.allclose(np.asarray(same(x)), x[:, ::2, ::2, ::2])
+
+
+def test_msf_receptive_fields():
+    # The four branches see 3, 7, 9 and 19 voxels: a delta input spreads that far.
+    msf = MultiScaleFusion()
+    x = np.zeros((1, 25, 25, 25, 1), "float32")
+    x[0, 12, 12, 12, 0] = 1
+    msf(x)
+    for convs in msf.branches:
+        for conv in convs:
+            conv.kernel.assign(np.ones(conv.kernel.shape, "float32"))
+            conv.bias.assign(np.zeros(conv.bias.shape, "float32"))
+    extents = []
+    for convs in msf.branches:
+        y = x
+        for conv in convs:
+            y = conv(y)
+        support = np.nonzero(np.asarray(y)[0, :, 12, 12, 0])[0]
+        extents.append(support.max() - support.min() + 1)
+    assert extents == [3, 7, 9, 19]
+    # Abar = A + sum of ReLU(branches)
+    out = np.asarray(msf(x))
+    assert out.shape == x.shape and out[0, 12, 12, 12, 0] > 1
+
+
+def test_transformer_layer_matches_numpy_reference():
+    layer = TransformerLayer(num_heads=2, mlp_dim=8, dropout_rate=0.0, attn_dropout_rate=0.0)
+    x = rand(1, 5, 4)
+    out = np.asarray(layer(x))
+    w = {v.path.split("/")[-2] + "/" + v.name: v.numpy() for v in layer.weights}
+
+    def ln(v, g, b):
+        m, s = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
+        return (v - m) / np.sqrt(s + 1e-5) * g + b
+
+    h = ln(x[0], w["norm1/gamma"], w["norm1/beta"])
+    qkv = (h @ w["qkv/kernel"]).reshape(5, 3, 2, 2).transpose(1, 2, 0, 3)
+    q, k, v = qkv
+    s = q @ k.transpose(0, 2, 1) * 2 ** -0.5
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    att = (p @ v).transpose(1, 0, 2).reshape(5, 4) @ w["proj/kernel"] + w["proj/bias"]
+    y = x[0] + att
+    from scipy.special import erf
+    f = ln(y, w["norm2/gamma"], w["norm2/beta"]) @ w["fc1/kernel"] + w["fc1/bias"]
+    f = 0.5 * f * (1 + erf(f / np.sqrt(2)))  # exact GELU
+    ref = y + f @ w["fc2/kernel"] + w["fc2/bias"]
+    np.testing.assert_allclose(out[0], ref, atol=1e-5)
+    assert "qkv/bias" not in w
+
+
+def test_self_distillation_loss_values():
+    sd = SelfDistillationLoss()
+    a = np.abs(rand(2, 4, 4, 4, 3))
+    # identical maps -> 0 per stage
+    np.testing.assert_allclose(np.asarray(sd([a, a, a], [a, a, a])), [0, 0], atol=1e-5)
+    # disjoint (orthogonal) attention maps -> sqrt(2) per stage
+    left = np.zeros((2, 4, 4, 4, 3), "float32")
+    right = np.zeros_like(left)
+    left[:, :2] = 1.0
+    right[:, 2:] = 2.0
+    np.testing.assert_allclose(np.asarray(sd([left] * 3, [right] * 3)), [3 * np.sqrt(2)] * 2, rtol=1e-5)
+    # scale invariance: phi normalised, so B = 5 A gives 0
+    np.testing.assert_allclose(np.asarray(sd([a], [5 * a])), [0, 0], atol=1e-5)
+    check_layer_config_roundtrip(SelfDistillationLoss(teacher_stop_gradient=True), ([a], [a]))
+    with pytest.raises(ValueError, match="as many teachers as students"):
+        sd([a, a], [a])

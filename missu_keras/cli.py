@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_synth(subparsers)
     register_score(subparsers)
+    from missu_keras.demo import register as register_demo
+
+    register_demo(subparsers)
     return parser
 
 

@@ -65,13 +65,25 @@ def load_pretrained(preset, weights=None, **config_overrides):
     return inference
 
 
+def _load_strict(target, path):
+    """``load_weights`` that fails instead of warning when part of the file does not fit
+    (Keras only warns and keeps fresh weights for unmatched containers)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        target.load_weights(path)
+    problems = [str(w.message) for w in caught if "Skipping" in str(w.message)
+                or "mismatch" in str(w.message).lower()]
+    if problems:
+        raise ValueError(problems[0])
+
+
 def _load_keras_weights(model, inference, path):
     try:
-        model.load_weights(path)
+        _load_strict(model, path)
         return
     except Exception as training_error:  # saved from the inference model instead?
         try:
-            inference.load_weights(path)
+            _load_strict(inference, path)
         except Exception as inference_error:
             raise ValueError(
                 f"Could not load {path!r} into the training model ({training_error}) nor "

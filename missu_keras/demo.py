@@ -40,7 +40,8 @@ def run_demo(out, train_cases=8, val_cases=3, shape=(48, 48, 40), patch=32, epoc
     train_ids, val_ids = ids[:train_cases], ids[train_cases:]
 
     log(f"[2/5] training the tiny preset with self-distillation ({epochs} x {steps_per_epoch} steps)")
-    model = missu_keras.MISSU.from_preset("tiny", image_size=patch, seg_loss="dice_ce")
+    model = missu_keras.MISSU.from_preset("tiny", image_size=patch, seg_loss="dice_ce",
+                                         preprocessing=config.to_dict())
     model.compile(optimizer=missu_keras.paper_optimizer(epochs * steps_per_epoch, learning_rate=3e-3))
     train = data.make_training_dataset(cache, batch_size=batch_size, case_ids=train_ids, seed=seed,
                                        foreground_oversample=0.5)

@@ -152,8 +152,12 @@ def test_ms_output_inference_keeps_msf():
 
 
 def test_config_roundtrip_through_json():
-    model = MISSU.from_preset("tiny", **TINY, msf_mode="ms_output", num_skip_connections=2)
+    from missu_keras.data import PreprocessingConfig
+    pre = PreprocessingConfig.brats().to_dict()
+    model = MISSU.from_preset("tiny", **TINY, msf_mode="ms_output", num_skip_connections=2,
+                              preprocessing=pre)
     config = json.loads(json.dumps(model.get_config()))
+    assert PreprocessingConfig.from_dict(MISSU.from_config(config).preprocessing) == PreprocessingConfig.brats()
     clone = MISSU.from_config(config)
     assert clone.get_config() == model.get_config()
     backbone_config = json.loads(json.dumps(model.backbone.get_config()))

@@ -48,6 +48,10 @@ class MISSU(keras.Model):
         name = config.pop("name", "missu")
         trainable = config.pop("trainable", True)
         config.pop("dtype", None)
+        # The data preprocessing contract (modalities, normalisation, label map, patch
+        # size; `missu_keras.data.PreprocessingConfig.to_dict()`) travels with the model
+        # so inference can never disagree with training (nnU-Net's habit).
+        self.preprocessing = config.pop("preprocessing", None)
         self.config = MISSUConfig.from_dict(config)
         super().__init__(name=name, trainable=trainable)
         self.backbone = MISSUBackbone(**self.config.to_dict(), name="backbone")
@@ -64,7 +68,7 @@ class MISSU(keras.Model):
         """Builds the preset ``name`` (see `missu_keras.list_presets`) with any
         configuration names overridden, e.g. ``image_size=64``."""
         config = get_preset_config(name)
-        unknown = sorted(set(overrides) - set(MISSUConfig.field_names()))
+        unknown = sorted(set(overrides) - set(MISSUConfig.field_names()) - {"preprocessing"})
         if unknown:
             raise ValueError(
                 f"Unknown configuration names {unknown}; accepted: {MISSUConfig.field_names()}"
@@ -151,7 +155,8 @@ class MISSU(keras.Model):
 
     # --- config --------------------------------------------------------------------
     def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, **self.config.to_dict()}
+        return {"name": self.name, "trainable": self.trainable, **self.config.to_dict(),
+                "preprocessing": self.preprocessing}
 
     @classmethod
     def from_config(cls, config):

@@ -72,6 +72,8 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-bf16", action="store_true",
+                   help="skip mixed_bfloat16 (slow where the CPU has no bf16 units, e.g. AVX2-only)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -80,12 +82,13 @@ def main(argv=None):
 
     overrides = {"image_size": args.image_size} if args.image_size else {}
     report = complexity_report(MISSU.from_preset(args.preset, **overrides))
-    runs = [("forward", "float32"), ("forward", "mixed_bfloat16")]
-    if not args.skip_train:
-        runs += [("train_step", "float32"), ("train_step", "mixed_bfloat16")]
+    precisions = ["float32"] + ([] if args.skip_bf16 else ["mixed_bfloat16"])
+    modes = ["forward"] + ([] if args.skip_train else ["train_step"])
+    runs = [(m, p) for m in modes for p in precisions]
     results = {}
     for mode, precision in runs:
         results[f"{mode}_{precision}"] = measure(args.preset, args.image_size, mode, precision, args.repeats)
+        print(f"  {mode} {precision}: {results[f'{mode}_{precision}']}", file=sys.stderr, flush=True)
 
     import tensorflow as tf
     machine = {"cpu": cpu_model(), "threads": os.cpu_count(), "tensorflow": tf.__version__,

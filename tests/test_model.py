@@ -274,3 +274,11 @@ def test_compile_with_a_loss_is_refused():
     x, y = batch(1)
     with pytest.raises(ValueError, match="seg_loss"):
         model.fit(x, y, verbose=0)
+
+
+def test_preprocessing_contract_survives_keras_save(tmp_path):
+    from missu_keras.data import PreprocessingConfig
+    model = MISSU.from_preset("tiny", **TINY, preprocessing=PreprocessingConfig.brats().to_dict())
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert PreprocessingConfig.from_dict(reloaded.preprocessing) == PreprocessingConfig.brats()

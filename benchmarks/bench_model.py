@@ -11,6 +11,7 @@ Prints a table, then one JSON object as the last line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -48,12 +49,10 @@ print(json.dumps({"median_s": float(np.median(times)), "min_s": float(min(times)
 
 
 def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or "unknown"
 
 

@@ -7,6 +7,7 @@ inference and metrics as real data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,10 +32,9 @@ def run_demo(out, train_cases=8, val_cases=3, shape=(48, 48, 40), patch=32, epoc
     log(f"[1/5] writing {train_cases + val_cases} synthetic BraTS cases {tuple(shape)} to {raw}")
     if not raw.exists():
         data.write_synthetic_brats(raw, num_cases=train_cases + val_cases, seed=seed, shape=shape)
-    cases = data.find_brats_cases(raw)
-    config = data.PreprocessingConfig.brats()
-    config = data.PreprocessingConfig.from_dict({**config.to_dict(), "patch_size": [patch] * 3})
-    result = data.build_cache(cases, out / "cache", config, workers=2, progress=False)
+    cases = {case.case_id: case for case in data.find_brats_cases(raw)}
+    config = dataclasses.replace(data.PreprocessingConfig.brats(), patch_size=(patch,) * 3)
+    result = data.build_cache(list(cases.values()), out / "cache", config, workers=2, progress=False)
     cache = result.cache
     ids = cache.case_ids
     train_ids, val_ids = ids[:train_cases], ids[train_cases:]
@@ -56,7 +56,7 @@ def run_demo(out, train_cases=8, val_cases=3, shape=(48, 48, 40), patch=32, epoc
         entry = cache.entry(case_id)
         probs = inferer(inference, cache.load_image(case_id))
         labels = data.restore_labels(np.argmax(probs, -1), entry.box, config.label_convention)
-        gt_case = next(c for c in cases if c.case_id == case_id)
+        gt_case = cases[case_id]
         gt = np.asarray(nib.load(gt_case.seg_path).dataobj)
         rows.append({"case": case_id, **score_case(labels, gt, entry.spacing, config.label_convention)})
         predictions[case_id] = (labels, gt_case)
@@ -94,5 +94,9 @@ def register(subparsers):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps-per-epoch", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=lambda a: 0 if run_demo(a.out, epochs=a.epochs, steps_per_epoch=a.steps_per_epoch,
-                                                   seed=a.seed) else 1)
+    p.set_defaults(func=_handle)
+
+
+def _handle(args) -> int:
+    run_demo(args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, seed=args.seed)
+    return 0

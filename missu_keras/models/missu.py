@@ -71,7 +71,8 @@ class MISSU(keras.Model):
         unknown = sorted(set(overrides) - set(MISSUConfig.field_names()) - {"preprocessing"})
         if unknown:
             raise ValueError(
-                f"Unknown configuration names {unknown}; accepted: {MISSUConfig.field_names()}"
+                f"Unknown configuration names {unknown}; accepted: "
+                f"{MISSUConfig.field_names() + ['preprocessing']}"
             )
         config.update(overrides)
         return cls(**config)

@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     from missu_keras.demo import register as register_demo
 
     register_demo(subparsers)
+    from missu_keras import evaluation, prediction, training
+
+    training.register(subparsers)
+    evaluation.register(subparsers)
+    prediction.register(subparsers)
     return parser
 
 
@@ -58,7 +63,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"missu-keras {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -363,6 +363,7 @@ def make_training_dataset(
     prefetch: int = tf.data.AUTOTUNE,
     drop_remainder: bool = True,
     input_context: Optional[tf.distribute.InputContext] = None,
+    skip_samples: int = 0,
 ) -> tf.data.Dataset:
     """Random augmented crops for ``model.fit``.
 
@@ -382,6 +383,9 @@ def make_training_dataset(
         drop_remainder: drop a last partial batch (static batch shape).
         input_context: from ``strategy.distribute_datasets_from_function``; shards
             the samples by pipeline.
+        skip_samples: start the endless stream this many samples in (cheaply: the
+            sample index is skipped before anything is read), so a resumed training
+            sees the crops an uninterrupted one would have seen next.
 
     Returns:
         ``tf.data.Dataset`` of ``(image (B, H, W, D, C) float32, label (B, H, W, D) int32)``.
@@ -412,7 +416,11 @@ def make_training_dataset(
         image, label = augment_patch(image, label, tf.stack([tf.constant(seed, tf.int64), i]), augmentation)
         return image, tf.cast(label, tf.int32)  # flipped as uint8: a quarter of the bytes
 
+    if int(skip_samples) < 0:
+        raise ValueError(f"skip_samples must be >= 0. Received: skip_samples={skip_samples!r}")
     ds = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(len(ids))
+    if skip_samples:
+        ds = ds.skip(int(skip_samples))
     if input_context is not None:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         batch_size = input_context.get_per_replica_batch_size(int(batch_size))

@@ -1,0 +1,118 @@
+"""``missu-keras evaluate``: a model and a labelled data folder -> per-case scores and a
+summary, with the same sliding window as ``predict`` and the same metrics and files as
+``missu-keras score`` (``cases.csv``, ``summary.json`` shaped ``{region: {metric: {mean,
+std, median}}}``, ``convention.txt``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from missu_keras.prediction import (_reference, add_inference_arguments, find_cases,
+                                    load_segmenter, segmenter_kwargs)
+
+
+def evaluate(model, data, out, weights=None, layout: str = "auto",
+             case_ids: Optional[Sequence[str]] = None, save_predictions: bool = False,
+             skip_invalid: bool = False, log=print, **segmenter_kwargs):
+    """Segments every labelled case under ``data`` and scores it against its ground truth.
+
+    Args:
+        model, weights: see `missu_keras.prediction.load_segmenter`.
+        data: a folder of cases (BraTS layouts or CHAOS).
+        out: output folder for ``cases.csv``, ``summary.json``, ``convention.txt`` (and
+            ``predictions/<case>.nii.gz`` with ``save_predictions``).
+        layout: BraTS layout (``"auto"``, ``"2019"`` ... ``"2023"``) or ``"chaos"``.
+        case_ids: only these cases (default: every case with a segmentation).
+        skip_invalid: leave out cases that fail validation (listed in the log and in
+            ``summary.json`` under ``"skipped"``) instead of stopping.
+        **segmenter_kwargs: `missu_keras.prediction.Segmenter` settings.
+
+    Returns:
+        ``(rows, summary)``: the per-case score dicts and `missu_keras.metrics.summarize`.
+    """
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from missu_keras.metrics import CONVENTION, format_summary_table, score_case, summarize, write_scores
+
+    segmenter = load_segmenter(model, weights=weights, **segmenter_kwargs)
+    conv = segmenter.preprocessing.label_convention
+    cases = [c for c in find_cases([data], segmenter.preprocessing, layout=layout)
+             if c.has_seg]
+    if case_ids is not None:
+        wanted = set(case_ids)
+        unknown = sorted(wanted - {c.case_id for c in cases})
+        if unknown:
+            raise ValueError(f"cases {unknown} not found (with a segmentation) under {data}")
+        cases = [c for c in cases if c.case_id in wanted]
+    if not cases:
+        raise FileNotFoundError(f"{data}: no case with a ground-truth segmentation to evaluate")
+    out = Path(out)
+    rows, skipped = [], []
+    t0 = time.time()
+    for i, case in enumerate(cases):
+        try:
+            loaded = case.load(conv)
+        except (ValueError, OSError) as err:
+            if not skip_invalid:
+                raise
+            skipped.append({"case": case.case_id, "reason": f"{type(err).__name__}: {err}"})
+            log(f"skipping {case.case_id}: {err}")
+            continue
+        result = segmenter.segment(loaded)
+        row = {"case": case.case_id, **score_case(result.labels, loaded.labels, loaded.spacing, conv)}
+        rows.append(row)
+        if save_predictions:
+            pred_dir = out / "predictions"
+            pred_dir.mkdir(parents=True, exist_ok=True)
+            affine, header = _reference(case)
+            img = nib.Nifti1Image(result.labels.astype(np.uint8),
+                                  loaded.affine if affine is None else affine, header)
+            img.set_data_dtype(np.uint8)
+            nib.save(img, pred_dir / f"{case.case_id}.nii.gz")
+        first = next(iter(k for k in row if k.endswith("_dice")))
+        log(f"[{i + 1}/{len(cases)}] {case.case_id}: {first} {row[first]:.4f} "
+            f"({time.time() - t0:.0f} s)")
+    if not rows:
+        raise ValueError(f"every case under {data} failed validation: {skipped}")
+    summary = summarize(rows)
+    paths = write_scores(out, rows, summary)
+    if skipped:
+        with open(paths["summary"]) as f:
+            stored = json.load(f)
+        stored["skipped"] = skipped
+        Path(paths["summary"]).write_text(json.dumps(stored, indent=2) + "\n")
+    log(format_summary_table(summary))
+    log(CONVENTION)
+    log(f"wrote {paths['cases']}, {paths['summary']}")
+    return rows, summary
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "evaluate", help="segment labelled cases and score them (Dice, HD95, ...)",
+        description="Segments every case with a ground truth under DATA and writes cases.csv, "
+                    "summary.json and convention.txt to --out.")
+    p.add_argument("data", help="folder of labelled cases (BraTS or CHAOS)")
+    p.add_argument("--out", required=True, help="output folder")
+    add_inference_arguments(p)
+    p.add_argument("--cases", nargs="+", help="only these case ids")
+    p.add_argument("--save-predictions", action="store_true",
+                   help="also write predictions/<case>.nii.gz")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="leave out cases that fail validation instead of stopping")
+    p.set_defaults(func=_handle)
+    return p
+
+
+def _handle(args) -> int:
+    evaluate(args.model, args.data, args.out, weights=args.weights, layout=args.layout,
+             case_ids=args.cases, save_predictions=args.save_predictions,
+             skip_invalid=args.skip_invalid, **segmenter_kwargs(args))
+    return 0
+

@@ -1,87 +1,80 @@
-"""``missu-keras demo``: synthetic BraTS-style data -> train (tiny, self-distillation)
--> evaluate held-out cases -> predict one case to NIfTI -> save the inference model.
+"""``missu-keras demo``: the whole path on generated BraTS-style cases, through the same
+commands a user runs on real data:
 
-Everything goes through the same readers, cache, tf.data pipeline, sliding-window
-inference and metrics as real data.
+1. write synthetic BraTS 2021-layout NIfTI cases (``missu-keras synth``), some held out;
+2. ``missu-keras train`` the ``tiny`` preset with self-distillation (cache, tf.data,
+   checkpoints, CSV / TensorBoard logs, resumable);
+3. ``missu-keras evaluate`` the held-out cases (``summary.json``, ``cases.csv``);
+4. ``missu-keras predict`` one held-out case to NIfTI in its original grid;
+5. export the inference-only SavedModel for TF-Serving, when `missu_keras.export` is
+   available.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 
-
-def run_demo(out, train_cases=8, val_cases=3, shape=(48, 48, 40), patch=32, epochs=10,
+def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, epochs=10,
              steps_per_epoch=12, batch_size=2, seed=0, log=print):
-    import keras
-    import nibabel as nib
-
-    import missu_keras
+    """Runs the demo into ``out`` and returns a report dict (also ``out/demo.json``):
+    held-out Dice per region, the final loss, the seconds taken and the files written."""
     from missu_keras import data
-    from missu_keras.inference import SlidingWindowInferer
-    from missu_keras.metrics import CONVENTION, format_summary_table, score_case, summarize, write_scores
+    from missu_keras.evaluation import evaluate
+    from missu_keras.prediction import predict
+    from missu_keras.training import train
 
     out = Path(out)
     t0 = time.time()
-    keras.utils.set_random_seed(seed)
-    raw = out / "data"
-    log(f"[1/5] writing {train_cases + val_cases} synthetic BraTS cases {tuple(shape)} to {raw}")
-    if not raw.exists():
-        data.write_synthetic_brats(raw, num_cases=train_cases + val_cases, seed=seed, shape=shape)
-    cases = {case.case_id: case for case in data.find_brats_cases(raw)}
-    config = dataclasses.replace(data.PreprocessingConfig.brats(), patch_size=(patch,) * 3)
-    result = data.build_cache(list(cases.values()), out / "cache", config, workers=2, progress=False)
-    cache = result.cache
-    ids = cache.case_ids
-    train_ids, val_ids = ids[:train_cases], ids[train_cases:]
+    raw, heldout = out / "data" / "train", out / "data" / "heldout"
+    log(f"[1/5] writing {train_cases + heldout_cases} synthetic BraTS cases {tuple(shape)} "
+        f"to {out / 'data'}")
+    if not (raw.exists() and heldout.exists()):
+        shutil.rmtree(out / "data", ignore_errors=True)
+        data.write_synthetic_brats(raw, num_cases=train_cases + heldout_cases, seed=seed, shape=shape)
+        heldout.mkdir(parents=True)
+        for case in data.find_brats_cases(raw)[train_cases:]:
+            case.directory.rename(heldout / case.case_id)
 
-    log(f"[2/5] training the tiny preset with self-distillation ({epochs} x {steps_per_epoch} steps)")
-    model = missu_keras.MISSU.from_preset("tiny", image_size=patch, seg_loss="dice_ce",
-                                         preprocessing=config.to_dict())
-    model.compile(optimizer=missu_keras.paper_optimizer(epochs * steps_per_epoch, learning_rate=3e-3))
-    train = data.make_training_dataset(cache, batch_size=batch_size, case_ids=train_ids, seed=seed,
-                                       foreground_oversample=0.5)
-    history = model.fit(train, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=2)
-    model.save(out / "missu_tiny.keras")
+    log(f"[2/5] training the tiny preset with self-distillation ({epochs} x {steps_per_epoch} "
+        f"steps, batch {batch_size}, patch {patch})")
+    result = train(data=str(raw), out=str(out / "run"), preset="tiny", patch_size=patch,
+                   loss="dice_ce", learning_rate=3e-3, epochs=epochs,
+                   steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                   val_fraction=1.0 / train_cases, validation_every=max(1, epochs // 2),
+                   image_every=max(1, epochs // 2), foreground_oversample=0.5, seed=seed,
+                   verbose=2, log=log)
+    history = result.history.history
 
-    log(f"[3/5] evaluating {len(val_ids)} held-out cases (sliding window, Gaussian, overlap 0.5)")
-    inference = model.inference_model()
-    inferer = SlidingWindowInferer(roi_size=(patch,) * 3, overlap=0.5, divisible_by=8)
-    rows, predictions = [], {}
-    for case_id in val_ids:
-        entry = cache.entry(case_id)
-        probs = inferer(inference, cache.load_image(case_id))
-        labels = data.restore_labels(np.argmax(probs, -1), entry.box, config.label_convention)
-        gt_case = cases[case_id]
-        gt = np.asarray(nib.load(gt_case.seg_path).dataobj)
-        rows.append({"case": case_id, **score_case(labels, gt, entry.spacing, config.label_convention)})
-        predictions[case_id] = (labels, gt_case)
-    summary = summarize(rows)
-    write_scores(out / "evaluation", rows, summary)
-    log(format_summary_table(summary))
-    log(CONVENTION)
+    log(f"[3/5] evaluating {heldout_cases} held-out cases (sliding window, Gaussian, overlap 0.5)")
+    _, summary = evaluate(out / "run", heldout, out / "evaluation", log=log)
 
-    log("[4/5] predicting one case to NIfTI in its original grid")
-    case_id = val_ids[0]
-    labels, gt_case = predictions[case_id]
-    ref = nib.load(gt_case.reference_path)
-    pred_path = out / "predictions" / f"{case_id}.nii.gz"
-    pred_path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(labels.astype(np.uint8), ref.affine, ref.header), pred_path)
+    log("[4/5] predicting one held-out case to NIfTI in its original grid")
+    case = data.find_brats_cases(heldout)[0]
+    pred_path = predict(case.directory, out / "predictions", out / "run", overwrite=True, log=log)[0]
 
-    log("[5/5] saving the inference-only model (no MSF weights)")
-    inference.save(out / "missu_tiny_inference.keras")
+    exported = None
+    try:
+        from missu_keras import export as export_module
+
+        export_module.export_savedmodel  # noqa: B018 (present once the export lands)
+    except (ImportError, AttributeError):
+        log("[5/5] export skipped: missu_keras.export is not available in this version")
+    else:
+        log("[5/5] exporting the inference-only SavedModel for TF-Serving")
+        exported = export_module.export_savedmodel(out / "run", out / "serving", overwrite=True)
     report = {
         "wt_dice": summary["WT"]["dice"]["mean"],
         "tc_dice": summary["TC"]["dice"]["mean"],
         "et_dice": summary["ET"]["dice"]["mean"],
-        "final_loss": history.history["loss"][-1],
+        "final_loss": history["loss"][-1] if history.get("loss") else None,
         "seconds": round(time.time() - t0, 1),
+        "run": str(out / "run"),
         "prediction": str(pred_path),
+        "savedmodel": str(exported) if exported else None,
     }
     (out / "demo.json").write_text(json.dumps(report, indent=2))
     log(json.dumps(report))
@@ -89,7 +82,7 @@ def run_demo(out, train_cases=8, val_cases=3, shape=(48, 48, 40), patch=32, epoc
 
 
 def register(subparsers):
-    p = subparsers.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> save")
+    p = subparsers.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> export")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps-per-epoch", type=int, default=12)

@@ -373,11 +373,12 @@ def add_inference_arguments(p):
     p.add_argument("--tta", action="store_true", help="average the 8 flips (8x the compute)")
     p.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32")
     p.add_argument("--sw-batch-size", type=int, default=1, help="windows per model call")
+    p.add_argument("--quiet", action="store_true", help="no progress bar over the windows")
 
 
 def segmenter_kwargs(args) -> dict:
     return dict(overlap=args.overlap, flip_tta=args.tta, precision=args.precision,
-                sw_batch_size=args.sw_batch_size, progress=False)
+                sw_batch_size=args.sw_batch_size, progress=not args.quiet)
 
 
 def register(subparsers):

@@ -15,8 +15,10 @@ def test_demo_writes_every_artifact(tmp_path):
     assert set(summary) == {"WT", "TC", "ET"} and set(summary["WT"]["dice"]) == {"mean", "std", "median"}
     pred = nib.load(report["prediction"])
     case = report["prediction"].rsplit("/", 1)[1].replace(".nii.gz", "")
-    ref = nib.load(next((tmp_path / "data").rglob(f"{case}_flair.nii.gz")))
+    ref = nib.load(tmp_path / "data" / "heldout" / case / f"{case}_flair.nii.gz")
     assert pred.shape == ref.shape and (pred.affine == ref.affine).all()
     assert set(map(int, set(pred.get_fdata().ravel()))) <= {0, 1, 2, 4}
-    for name in ("missu_tiny.keras", "missu_tiny_inference.keras"):
-        assert (tmp_path / name).is_file()
+    for name in ("checkpoints/last.keras", "checkpoints/best.keras", "log.csv", "config.json"):
+        assert (tmp_path / "run" / name).is_file()
+    if report["savedmodel"] is not None:
+        assert (tmp_path / "serving").is_dir()

@@ -1,0 +1,110 @@
+"""Whole-case inference benchmark: time and peak memory to segment one full-size
+240 x 240 x 155 BraTS-style case (generated) with the brats preset, from the loaded
+NIfTI volumes to labels in the original grid (preprocessing, Gaussian sliding window
+with overlap 0.5, argmax, uncrop), with and without flip TTA, float32 and
+mixed_bfloat16. Weights are random: speed does not depend on them.
+
+Each configuration runs in its own Python process so that its peak memory is its own.
+Prints a table, then one JSON object as the last line.
+
+    python benchmarks/bench_inference.py                      # all four configurations
+    python benchmarks/bench_inference.py --skip-tta --skip-bf16
+    python benchmarks/bench_inference.py --preset tiny --image-size 64 --shape 96 96 64
+
+Target (issue 4), 2-core machine, float32 without TTA: under 60 s and 4 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from bench_model import cpu_model
+
+CHILD = r"""
+import json, os, resource, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np, keras
+args = json.loads(sys.argv[1])
+from missu_keras import MISSU
+from missu_keras.data import PreprocessingConfig, find_brats_cases, preprocess_case
+from missu_keras.prediction import Segmenter
+overrides = {"image_size": args["image_size"]} if args["image_size"] else {}
+model = MISSU.from_preset(args["preset"], **overrides)
+patch = model.config.image_size
+segmenter = Segmenter(model.inference_model(), PreprocessingConfig.brats(patch_size=patch),
+                      overlap=args["overlap"], flip_tta=args["tta"], precision=args["precision"],
+                      sw_batch_size=args["sw_batch_size"])
+case = find_brats_cases(args["data"])[0]
+loaded = case.load()
+crop = preprocess_case(loaded, segmenter.preprocessing).image.shape[:3]
+windows = len(segmenter.inferer.window_slices(crop))
+x = np.zeros((1, *patch, model.config.in_channels), "float32")
+segmenter.inferer(segmenter.model, x[0])  # trace + warm-up on one window
+t = time.perf_counter()
+labels = segmenter.segment(loaded).labels
+seconds = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
+print(json.dumps({"seconds": seconds, "peak_gb": peak, "windows": windows,
+                  "model_calls": windows * (8 if args["tta"] else 1), "crop": list(crop),
+                  "labels": sorted(int(v) for v in np.unique(labels))}))
+"""
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="brats")
+    p.add_argument("--image-size", type=int, default=None, help="override the patch size")
+    p.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155), metavar=("H", "W", "D"))
+    p.add_argument("--overlap", type=float, default=0.5)
+    p.add_argument("--sw-batch-size", type=int, default=1)
+    p.add_argument("--skip-tta", action="store_true", help="skip the 8-flip TTA runs (8x longer)")
+    p.add_argument("--skip-bf16", action="store_true",
+                   help="skip mixed_bfloat16 (slow where the CPU has no bf16 units, e.g. AVX2-only)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from missu_keras.data import write_synthetic_brats
+
+    data = tempfile.mkdtemp(prefix="bench_inference_")
+    write_synthetic_brats(data, num_cases=1, seed=0, shape=tuple(args.shape))
+    configs = [(tta, precision) for tta in ([False] if args.skip_tta else [False, True])
+               for precision in (["float32"] if args.skip_bf16 else ["float32", "mixed_bfloat16"])]
+    results = {}
+    for tta, precision in configs:
+        key = f"{precision}{'_tta' if tta else ''}"
+        spec = json.dumps({"preset": args.preset, "image_size": args.image_size, "data": data,
+                           "overlap": args.overlap, "tta": tta, "precision": precision,
+                           "sw_batch_size": args.sw_batch_size})
+        proc = subprocess.run([sys.executable, "-c", CHILD, spec], capture_output=True, text=True)
+        if proc.returncode:
+            lines = proc.stderr.strip().splitlines()
+            results[key] = {"error": lines[-1] if lines else "failed"}
+        else:
+            results[key] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"  {key}: {results[key]}", file=sys.stderr, flush=True)
+
+    import tensorflow as tf
+
+    machine = {"cpu": cpu_model(), "threads": os.cpu_count(), "tensorflow": tf.__version__,
+               "gpus": len(tf.config.list_physical_devices("GPU"))}
+    first = next((r for r in results.values() if "error" not in r), {})
+    print(f"MISSU preset {args.preset}, case {tuple(args.shape)} (crop {first.get('crop')}, "
+          f"{first.get('windows')} windows, overlap {args.overlap}), {machine['cpu']}, "
+          f"{machine['threads']} threads, TF {machine['tensorflow']}, GPUs: {machine['gpus']}")
+    print(f"{'configuration':<24} {'seconds':>9} {'peak GB':>8} {'model calls':>12}")
+    for key, r in results.items():
+        if "error" in r:
+            print(f"{key:<24} error: {r['error']}")
+        else:
+            print(f"{key:<24} {r['seconds']:>9.1f} {r['peak_gb']:>8.2f} {r['model_calls']:>12}")
+    print(json.dumps({"preset": args.preset, "shape": list(args.shape), "overlap": args.overlap,
+                      "machine": machine, "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

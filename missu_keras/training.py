@@ -30,12 +30,15 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import keras
 import numpy as np
+
+from missu_keras.distribute import choose_strategy, is_chief, worker_tag
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 LAYOUTS = ("auto", "2019", "2020", "2021", "2023", "chaos")
@@ -179,37 +182,6 @@ def load_train_config(path) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings, found {type(data).__name__}")
     return data
-
-
-# --------------------------------------------------------------------- strategy --
-
-def choose_strategy():
-    """``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers,
-    ``MirroredStrategy`` when several GPUs are visible, else the default strategy."""
-    import tensorflow as tf
-
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    cluster = tf_config.get("cluster", {})
-    workers = sum(len(cluster.get(k, [])) for k in ("chief", "worker"))
-    if workers > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if len(tf.config.list_logical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_chief(strategy) -> bool:
-    """Whether this process writes checkpoints, logs and the final model."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "cluster_spec", None):
-        return True
-    spec = resolver.cluster_spec().as_dict()
-    if not spec:
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if "chief" in spec:
-        return task_type == "chief"
-    return task_type in (None, "worker") and (task_id or 0) == 0
 
 
 def _resolve_precision(precision: str) -> str:
@@ -486,6 +458,11 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
     out = Path(config.out)
     strategy = strategy or choose_strategy()
     chief = is_chief(strategy)
+    # Under MultiWorkerMirroredStrategy every worker runs this function. Only the chief
+    # writes the run's files; the others keep their own cache, backup and a scratch
+    # folder (deleted at the end), so nothing is written twice to one path, whether
+    # or not the workers share a file system.
+    tag = worker_tag(strategy)
 
     # --- data -----------------------------------------------------------------------
     preset = get_preset_config(config.preset)
@@ -495,6 +472,8 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
     val_cases = _find(config.val_data, config) if config.val_data else []
     preprocessing = _preprocessing(config, cases, patch)
     cache_dir = Path(config.cache_dir) if config.cache_dir else out / "cache"
+    if tag:
+        cache_dir = cache_dir.with_name(f"{cache_dir.name}-{tag}")
     labelled = [c for c in cases + val_cases if c.has_seg]
     if not labelled:
         raise FileNotFoundError(f"{config.data}: no case with a segmentation to train on")
@@ -551,7 +530,7 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
     _check_resumable(out, stored)
 
     # --- resumption -----------------------------------------------------------------
-    backup_dir = out / "backup"
+    backup_dir = out / ("backup" if not tag else f"backup-{tag}")
     meta = backup_dir / "training_metadata.json"
     initial_epoch = json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
     if initial_epoch:
@@ -561,7 +540,7 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
         (out / "config.json").write_text(json.dumps(stored, indent=2) + "\n")
         (out / "split.json").write_text(json.dumps({"train": train_ids, "validation": val_ids},
                                                    indent=2) + "\n")
-    write_dir = out if chief else out / f"worker-{getattr(strategy.cluster_resolver, 'task_id', 0)}-tmp"
+    write_dir = out if chief else out / f"scratch-{tag}"
 
     dataset = make_training_dataset(
         cache, batch_size=config.batch_size, patch_size=patch, case_ids=train_ids,
@@ -597,6 +576,8 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
     history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, callbacks=cbs,
                         verbose=config.verbose, shuffle=False)
     say(f"trained in {time.time() - t0:.0f} s; outputs in {out}")
+    if not chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
     if chief and config.save_preset:
         missu_keras.save_preset(model, config.save_preset)
         say(f"saved the preset folder {config.save_preset}")

@@ -14,6 +14,12 @@ from missu_keras.models.backbone import MISSUBackbone
 from missu_keras.presets import get_preset_config
 
 
+def _is_multi_worker(strategy) -> bool:
+    extended = getattr(strategy, "extended", None)
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+        getattr(extended, "_in_multi_worker_mode", lambda: False)())
+
+
 @register
 class MISSU(keras.Model):
     """MISSU for ``model.fit``: a `MISSUBackbone` plus the training loss of Eq. 6.
@@ -138,7 +144,27 @@ class MISSU(keras.Model):
         self.sd_loss_tracker.update_state(ops.mean(sd), sample_weight=local_batch)
         if self._compile_metrics is not None:
             self._compile_metrics.update_state(y, probs, sample_weight)
-        return self.get_metrics_result()
+        logs = self.get_metrics_result()
+        if _is_multi_worker(tf.distribute.get_strategy()):
+            # Keras reduces the step logs across workers with `reduce(MEAN, axis=0)`,
+            # which fails on scalars (known-pitfalls 4): hand it one-element vectors.
+            logs = {k: ops.reshape(v, (1,)) for k, v in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under MultiWorkerMirroredStrategy Keras would reduce the first distributed
+        # batch across workers in eager mode, which fails (known-pitfalls 4); build
+        # from this worker's own first replica batch instead.
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None and _is_multi_worker(strategy):
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, batch)
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
         self._check_compiled_loss()

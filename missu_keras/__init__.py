@@ -11,6 +11,7 @@ from missu_keras.models import MISSU, MISSUBackbone
 from missu_keras.optimizers import paper_optimizer, poly_schedule
 from missu_keras.pretrained import load_pretrained
 from missu_keras.presets import get_preset_config, list_presets
+from missu_keras.saving import save_preset
 from missu_keras.version import __version__
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "load_pretrained",
     "paper_optimizer",
     "poly_schedule",
+    "save_preset",
     "__version__",
 ]

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     from missu_keras.demo import register as register_demo
 
     register_demo(subparsers)
+    from missu_keras.export_cli import register as register_export
+
+    register_export(subparsers)
     from missu_keras import evaluation, prediction, training
 
     training.register(subparsers)

@@ -6,8 +6,7 @@ commands a user runs on real data:
    checkpoints, CSV / TensorBoard logs, resumable);
 3. ``missu-keras evaluate`` the held-out cases (``summary.json``, ``cases.csv``);
 4. ``missu-keras predict`` one held-out case to NIfTI in its original grid;
-5. export the inference-only SavedModel for TF-Serving, when `missu_keras.export` is
-   available.
+5. ``missu-keras export`` the inference-only SavedModel (no MSF) for TF-Serving.
 """
 
 from __future__ import annotations
@@ -22,8 +21,11 @@ def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, 
              steps_per_epoch=12, batch_size=2, seed=0, log=print):
     """Runs the demo into ``out`` and returns a report dict (also ``out/demo.json``):
     held-out Dice per region, the final loss, the seconds taken and the files written."""
+    import keras
+
     from missu_keras import data
     from missu_keras.evaluation import evaluate
+    from missu_keras.export import export_savedmodel
     from missu_keras.prediction import predict
     from missu_keras.training import train
 
@@ -56,16 +58,10 @@ def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, 
     case = data.find_brats_cases(heldout)[0]
     pred_path = predict(case.directory, out / "predictions", out / "run", overwrite=True, log=log)[0]
 
-    exported = None
-    try:
-        from missu_keras import export as export_module
-
-        export_module.export_savedmodel  # noqa: B018 (present once the export lands)
-    except (ImportError, AttributeError):
-        log("[5/5] export skipped: missu_keras.export is not available in this version")
-    else:
-        log("[5/5] exporting the inference-only SavedModel for TF-Serving")
-        exported = export_module.export_savedmodel(out / "run", out / "serving", overwrite=True)
+    log("[5/5] exporting the inference-only SavedModel for TF-Serving (no MSF)")
+    best = keras.saving.load_model(out / "run" / "checkpoints" / "best.keras")
+    exported = export_savedmodel(best, out / "serving", name="missu", version=1, overwrite=True,
+                                 preset="tiny", log=log).path
     report = {
         "wt_dice": summary["WT"]["dice"]["mean"],
         "tc_dice": summary["TC"]["dice"]["mean"],
@@ -74,7 +70,7 @@ def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, 
         "seconds": round(time.time() - t0, 1),
         "run": str(out / "run"),
         "prediction": str(pred_path),
-        "savedmodel": str(exported) if exported else None,
+        "savedmodel": str(exported),
     }
     (out / "demo.json").write_text(json.dumps(report, indent=2))
     log(json.dumps(report))

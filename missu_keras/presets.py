@@ -8,6 +8,16 @@
 Traceback (most recent call last):
 ...
 ValueError: Unknown preset 'kits'. Accepted presets: ['brats', 'chaos', 'tiny']
+
+Each preset also names its preprocessing and, where published, its weights (a URL
+and the file's sha256, fetched once into the Keras cache by
+`missu_keras.load_pretrained(name, weights="published")`). No MISSU Keras weights
+have been published, so every URL is ``None``:
+
+>>> get_preset_weights("brats")
+{'url': None, 'sha256': None}
+>>> get_preset_preprocessing("tiny", patch_size=32)["patch_size"]
+[32, 32, 32]
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ PRESETS: Dict[str, dict] = {
             "num_layers": 4,
             "mlp_dim": 1024,
         },
+        "preprocessing": {"dataset": "brats"},
+        "weights": {"url": None, "sha256": None},
     },
     "chaos": {
         "metadata": {
@@ -41,7 +53,7 @@ PRESETS: Dict[str, dict] = {
             "128 x 128 x 32 patches; same widths as brats.",
             "dataset": "chaos",
             "label_convention": "chaos",
-            "modalities": ["t1_inphase", "t1_outphase"],
+            "modalities": ["in_phase", "out_phase"],
         },
         "config": {
             "image_size": [128, 128, 32],
@@ -53,6 +65,8 @@ PRESETS: Dict[str, dict] = {
             "num_layers": 4,
             "mlp_dim": 1024,
         },
+        "preprocessing": {"dataset": "chaos", "sequence": "T1DUAL"},
+        "weights": {"url": None, "sha256": None},
     },
     "tiny": {
         "metadata": {
@@ -72,6 +86,8 @@ PRESETS: Dict[str, dict] = {
             "num_layers": 2,
             "mlp_dim": 128,
         },
+        "preprocessing": {"dataset": "brats"},
+        "weights": {"url": None, "sha256": None},
     },
 }
 
@@ -95,3 +111,26 @@ def get_preset_config(name: str) -> dict:
 def get_preset_metadata(name: str) -> dict:
     """Description, dataset, label convention and modality order of preset ``name``."""
     return copy.deepcopy(_lookup(name)["metadata"])
+
+
+def get_preset_weights(name: str) -> dict:
+    """``{"url": ..., "sha256": ...}`` of the published weights of preset ``name``
+    (both ``None`` where nothing is published; see `missu_keras.load_pretrained`)."""
+    return copy.deepcopy(_lookup(name).get("weights", {"url": None, "sha256": None}))
+
+
+def get_preset_preprocessing(name: str, patch_size=None) -> dict:
+    """The preprocessing contract of preset ``name`` as a dict
+    (`missu_keras.data.PreprocessingConfig.to_dict`), at ``patch_size`` (an int or
+    ``(H, W, D)``; default the preset's ``image_size``)."""
+    from missu_keras.data.preprocessing import PreprocessingConfig
+
+    entry = _lookup(name)
+    spec = dict(entry.get("preprocessing", {"dataset": "brats"}))
+    dataset = spec.pop("dataset")
+    size = patch_size if patch_size is not None else entry["config"]["image_size"]
+    if dataset == "chaos":
+        config = PreprocessingConfig.chaos(patch_size=size, **spec)
+    else:
+        config = PreprocessingConfig.brats(patch_size=size, **spec)
+    return config.to_dict()

@@ -20,5 +20,5 @@ def test_demo_writes_every_artifact(tmp_path):
     assert set(map(int, set(pred.get_fdata().ravel()))) <= {0, 1, 2, 4}
     for name in ("checkpoints/last.keras", "checkpoints/best.keras", "log.csv", "config.json"):
         assert (tmp_path / "run" / name).is_file()
-    if report["savedmodel"] is not None:
-        assert (tmp_path / "serving").is_dir()
+    assert (tmp_path / "serving" / "missu" / "1" / "saved_model.pb").is_file()
+    assert report["savedmodel"] == str(tmp_path / "serving" / "missu" / "1")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
+import missu_keras
 from missu_keras import cli
 from missu_keras.data import write_synthetic_brats
 from missu_keras.optimizers import poly_schedule
@@ -106,10 +107,16 @@ def test_crash_and_resume_with_the_same_command(tmp_path, data_dir, capsys):
     assert {"epoch_dice_WT", "epoch_dice_mean"} <= tags["validation"]
     assert "overlay" in tags["validation"]
 
-    # 3) A finished run started again trains nothing more.
-    result = train(settings, log=None)
+    # 3) A finished run started again trains nothing more; --save-preset may be added.
+    result = train(settings, save_preset=str(tmp_path / "preset"), log=None)
     assert result.initial_epoch == EPOCHS
     assert int(result.model.optimizer.iterations) == EPOCHS * STEPS
+    assert {p.name for p in (tmp_path / "preset").iterdir()} >= {
+        "config.json", "model.weights.h5", "preprocessing.json", "metadata.json"}
+    reloaded = missu_keras.load_pretrained(str(tmp_path / "preset"))
+    x = np.zeros((1, 32, 32, 32, 4), "float32")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0),
+                               result.model.inference_model().predict(x, verbose=0), atol=1e-6)
 
     # 4) Another configuration in the same folder is refused, naming the change.
     with pytest.raises(ValueError, match="different configuration.*epochs: 3 -> 4"):

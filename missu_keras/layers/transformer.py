@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from missu_keras.layers.base import register
@@ -129,8 +130,11 @@ class TransformerLayer(layers.Layer):
         head_dim = embed_dim // self.num_heads
         qkv = ops.reshape(self.qkv(x), (batch, tokens, 3, self.num_heads, head_dim))
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B, heads, N, head_dim)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * (head_dim ** -0.5)
+        # The scale goes on q (N x head_dim values) rather than on the N x N scores, and
+        # k is read transposed by the matmul instead of being copied: 1.55x faster on
+        # 4096 tokens (benchmarks/NOTES.md), equal to float rounding.
+        q, k, v = qkv[0] * ops.cast(head_dim ** -0.5, qkv.dtype), qkv[1], qkv[2]
+        scores = tf.linalg.matmul(q, k, transpose_b=True)
         weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
         weights = self.attn_dropout(weights, training=training)
         out = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 
-def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, epochs=8,
-             steps_per_epoch=10, batch_size=2, seed=0, log=print):
+def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, epochs=10,
+             steps_per_epoch=12, batch_size=2, seed=0, log=print):
     """Runs the demo into ``out`` and returns a report dict (also ``out/demo.json``):
     held-out Dice per region, the final loss, the seconds taken and the files written."""
     import keras
@@ -80,8 +80,8 @@ def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, 
 def register(subparsers):
     p = subparsers.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> export")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--steps-per-epoch", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--steps-per-epoch", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_handle)
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from missu_keras.prediction import (_reference, add_inference_arguments, find_cases,
-                                    load_segmenter, segmenter_kwargs)
+from missu_keras.prediction import (add_inference_arguments, find_cases, load_segmenter,
+                                    reference_geometry, segmenter_kwargs)
 
 
 def evaluate(model, data, out, weights=None, layout: str = "auto",
@@ -70,7 +70,7 @@ def evaluate(model, data, out, weights=None, layout: str = "auto",
         if save_predictions:
             pred_dir = out / "predictions"
             pred_dir.mkdir(parents=True, exist_ok=True)
-            affine, header = _reference(case)
+            affine, header = reference_geometry(case)
             img = nib.Nifti1Image(result.labels.astype(np.uint8),
                                   loaded.affine if affine is None else affine, header)
             img.set_data_dtype(np.uint8)
@@ -83,10 +83,7 @@ def evaluate(model, data, out, weights=None, layout: str = "auto",
     summary = summarize(rows)
     paths = write_scores(out, rows, summary)
     if skipped:
-        with open(paths["summary"]) as f:
-            stored = json.load(f)
-        stored["skipped"] = skipped
-        Path(paths["summary"]).write_text(json.dumps(stored, indent=2) + "\n")
+        Path(paths["summary"]).write_text(json.dumps({**summary, "skipped": skipped}, indent=2) + "\n")
     log(format_summary_table(summary))
     log(CONVENTION)
     log(f"wrote {paths['cases']}, {paths['summary']}")

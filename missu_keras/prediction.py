@@ -286,8 +286,9 @@ def load_images_only(case):
     return dataclasses.replace(case, **{field: None}).load()
 
 
-def _reference(case):
-    """(affine, header) the prediction of ``case`` is written with."""
+def reference_geometry(case):
+    """(affine, header) the prediction of ``case`` is written with (``None, None`` when
+    the case has no reference NIfTI, e.g. CHAOS DICOM: use the loaded case's affine)."""
     import nibabel as nib
 
     ref = getattr(case, "reference_path", None)
@@ -341,7 +342,7 @@ def predict(inputs, out, model, weights=None, layout: str = "auto", overwrite: b
     for i, case in enumerate(cases):
         loaded = load_images_only(case)
         result = segmenter.segment(loaded, return_probabilities=save_probabilities)
-        affine, header = _reference(case)
+        affine, header = reference_geometry(case)
         if affine is None:
             affine = loaded.affine
         label_path, prob_path = output_paths(out, case.case_id)

@@ -6,6 +6,14 @@ Prints a table, then one JSON object as the last line.
 
     python benchmarks/bench_model.py                       # brats preset, 128^3 x 4
     python benchmarks/bench_model.py --preset tiny --image-size 32 --repeats 2
+    python benchmarks/bench_model.py --skip-train --skip-bf16 --compare-unetr   # + MONAI UNETR, same input and threads (pip install monai torch)
+
+``--compare-unetr`` adds MONAI's UNETR (PyTorch, the MONAI BraTS tutorial's settings:
+feature_size 16, hidden 768, MLP 3072, 12 heads, instance norm, residual blocks, conv patch
+embedding) forward on the same 1 x C x D x H x W input, with torch.set_num_threads set to the
+thread count TensorFlow uses, under torch.inference_mode(), one warm-up then --repeats timed
+runs. Where torch, monai or einops (which UNETR needs) is missing its row says "skipped" and
+the rest still runs.
 """
 
 from __future__ import annotations
@@ -48,6 +56,46 @@ print(json.dumps({"median_s": float(np.median(times)), "min_s": float(min(times)
 """
 
 
+UNETR_CHILD = r"""
+import json, resource, sys, time
+args = json.loads(sys.argv[1])
+# monai imports torch.utils.tensorboard, which loads TensorFlow when it is installed (~0.5 GB
+# of resident memory that UNETR does not use); hide it so peak_gb is PyTorch + UNETR only.
+sys.modules.setdefault("tensorflow", None)
+try:
+    import torch, monai
+    import einops  # noqa: F401  (UNETR's attention needs it; monai imports it only when used)
+    from monai.networks.nets import UNETR
+except Exception as exc:  # ImportError, or a monai that does not work with this torch
+    print(json.dumps({"skipped": "pip install monai torch einops", "reason": f"{type(exc).__name__}: {exc}"}))
+    raise SystemExit(0)
+import inspect
+import numpy as np
+torch.set_num_threads(args["threads"])
+torch.manual_seed(0)
+# the patch embedding's keyword: proj_type (MONAI >= 1.3), pos_embed before
+proj_kw = "proj_type" if "proj_type" in inspect.signature(UNETR.__init__).parameters else "pos_embed"
+size = tuple(args["img_size"])
+if any(side % 16 for side in size):
+    raise SystemExit(f"UNETR needs every side divisible by its patch size 16, got {size}")
+net = UNETR(in_channels=args["in_channels"], out_channels=args["out_channels"], img_size=size,
+            feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12, norm_name="instance",
+            res_block=True, dropout_rate=0.0, **{proj_kw: "conv"}).eval()
+params = sum(p.numel() for p in net.parameters())
+x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, args["in_channels"], *size)).astype("float32"))
+times = []
+with torch.inference_mode():
+    net(x)  # warm-up
+    for _ in range(args["repeats"]):
+        t = time.perf_counter(); net(x); times.append(time.perf_counter() - t)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
+print(json.dumps({"median_s": float(np.median(times)), "min_s": float(min(times)), "peak_gb": peak,
+                  "params": int(params), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                  "monai": monai.__version__, "input_shape": [1, args["in_channels"], *size],
+                  "patch_embedding": f"{proj_kw}=conv"}))
+"""
+
+
 def cpu_model():
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
         for line in cpuinfo:
@@ -56,13 +104,22 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
-def measure(preset, image_size, mode, precision, repeats):
-    spec = json.dumps({"preset": preset, "image_size": image_size, "mode": mode,
-                       "precision": precision, "repeats": repeats})
-    proc = subprocess.run([sys.executable, "-c", CHILD, spec], capture_output=True, text=True)
+def run_child(code, spec):
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(preset, image_size, mode, precision, repeats):
+    return run_child(CHILD, {"preset": preset, "image_size": image_size, "mode": mode,
+                             "precision": precision, "repeats": repeats})
+
+
+def measure_unetr(img_size, in_channels, out_channels, repeats, threads):
+    """MONAI UNETR forward (PyTorch) on a 1 x in_channels x *img_size input."""
+    return run_child(UNETR_CHILD, {"img_size": list(img_size), "in_channels": in_channels,
+                                   "out_channels": out_channels, "repeats": repeats, "threads": threads})
 
 
 def main(argv=None):
@@ -73,6 +130,9 @@ def main(argv=None):
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-bf16", action="store_true",
                    help="skip mixed_bfloat16 (slow where the CPU has no bf16 units, e.g. AVX2-only)")
+    p.add_argument("--compare-unetr", action="store_true",
+                   help="also time MONAI's UNETR forward (PyTorch) on the same input and thread count "
+                        "(needs: pip install monai torch einops)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -80,7 +140,10 @@ def main(argv=None):
     from missu_keras.models import MISSU
 
     overrides = {"image_size": args.image_size} if args.image_size else {}
-    report = complexity_report(MISSU.from_preset(args.preset, **overrides))
+    model = MISSU.from_preset(args.preset, **overrides)
+    report = complexity_report(model)
+    in_channels, num_classes = model.config.in_channels, model.config.num_classes
+    del model
     precisions = ["float32"] + ([] if args.skip_bf16 else ["mixed_bfloat16"])
     modes = ["forward"] + ([] if args.skip_train else ["train_step"])
     runs = [(m, p) for m in modes for p in precisions]
@@ -88,6 +151,14 @@ def main(argv=None):
     for mode, precision in runs:
         results[f"{mode}_{precision}"] = measure(args.preset, args.image_size, mode, precision, args.repeats)
         print(f"  {mode} {precision}: {results[f'{mode}_{precision}']}", file=sys.stderr, flush=True)
+    unetr = ratio = None
+    if args.compare_unetr:
+        # same input as the MISSU forward: 1 x C x (report's spatial sides), channels-first
+        unetr = measure_unetr(report["input_shape"][1:-1], in_channels, num_classes, args.repeats, os.cpu_count())
+        print(f"  forward float32 UNETR: {unetr}", file=sys.stderr, flush=True)
+        missu = results.get("forward_float32", {})
+        if "median_s" in missu and "median_s" in unetr:
+            ratio = missu["median_s"] / unetr["median_s"]
 
     import tensorflow as tf
     machine = {"cpu": cpu_model(), "threads": os.cpu_count(), "tensorflow": tf.__version__,
@@ -104,10 +175,22 @@ def main(argv=None):
             print(f"{key:<28} error: {r['error']}")
         else:
             print(f"{key:<28} {r['median_s']:>9.2f} {r['min_s']:>8.2f} {r['peak_gb']:>8.2f}")
+    if unetr is not None:
+        key = "forward_float32_unetr"
+        if "median_s" in unetr:
+            print(f"{key:<28} {unetr['median_s']:>9.2f} {unetr['min_s']:>8.2f} {unetr['peak_gb']:>8.2f}")
+            print(f"UNETR (MONAI {unetr['monai']}, torch {unetr['torch']}, {unetr['threads']} threads, "
+                  f"{unetr['patch_embedding']}): params {unetr['params'] / 1e6:.2f} M")
+        elif "skipped" in unetr:
+            print(f"{key:<28} skipped: {unetr['skipped']} ({unetr['reason']})")
+        else:
+            print(f"{key:<28} error: {unetr['error']}")
+        if ratio is not None:
+            print(f"MISSU / UNETR forward time ratio: {ratio:.2f} (<1: MISSU faster)")
     print(json.dumps({"preset": args.preset, "input_shape": report["input_shape"], "machine": machine,
                       "params": {k: report[k]["params"] for k in ("training", "exported")},
                       "macs": {k: report[k]["macs"] for k in ("training", "exported")},
-                      "results": results}))
+                      "results": results, "unetr": unetr, "ratio_missu_over_unetr": ratio}))
     return 0
 
 

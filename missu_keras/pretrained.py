@@ -572,7 +572,7 @@ def load_torch_state_dict(backbone, state_dict: Dict[str, np.ndarray]) -> None:
             names = [("position_embeddings", f"{prefix}.position_embeddings")]
             variables = [keras_layer.position_embeddings]
         else:
-            torch_names = _TORCH_NAMES[type(keras_layer)]
+            torch_names = next(_TORCH_NAMES[k] for k in type(keras_layer).__mro__ if k in _TORCH_NAMES)
             variables = list(keras_layer.weights)
             names = [(n, f"{prefix}.{n}") for n in torch_names[: len(variables)]]
         for variable, (short, full) in zip(variables, names):

@@ -3,7 +3,7 @@ import pytest
 from keras import layers as klayers
 
 from missu_keras.layers import (AttentionMap, Bottleneck, DeBlock, DownSample, EncoderBlock,
-                                InitConv, MultiScaleFusion, PositionEmbedding, PyramidFusion,
+                                GroupNormalization, InitConv, MultiScaleFusion, PositionEmbedding, PyramidFusion,
                                 SelfDistillationLoss, TransformerLayer, UpCat)
 from tests.helpers import check_layer_config_roundtrip
 
@@ -19,6 +19,7 @@ def rand(*shape):
     [
         (InitConv(8), rand(1, 8, 8, 8, 4), (1, 8, 8, 8, 8)),
         (EncoderBlock(), rand(1, 8, 8, 8, 16), (1, 8, 8, 8, 16)),
+        (GroupNormalization(4), rand(2, 6, 8, 4, 8), (2, 6, 8, 4, 8)),
         (DownSample(16), rand(1, 8, 8, 8, 8), (1, 4, 4, 4, 16)),
         (Bottleneck(32), rand(2, 4, 4, 4, 16), (2, 4, 4, 4, 32)),
         (PositionEmbedding(initializer="random_normal"), rand(2, 10, 16), (2, 10, 16)),
@@ -142,3 +143,52 @@ def test_self_distillation_loss_values():
     check_layer_config_roundtrip(SelfDistillationLoss(teacher_stop_gradient=True), ([a], [a]))
     with pytest.raises(ValueError, match="as many teachers as students"):
         sd([a, a], [a])
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 6, 8, 4, 16), 8), ((3, 10, 12), 4), ((2, 5, 6, 7, 8), 1), ((1, 4, 4, 4, 8), 8)])
+def test_group_norm_equals_keras_group_norm(shape, groups):
+    """The per-channel-statistics GroupNorm gives Keras' GroupNorm (float64 reference)
+    outputs and gradients within float32 rounding, for offset, scaled, non-cubic inputs."""
+    import tensorflow as tf
+
+    x = rand(*shape) * 3.0 + 5.0
+    dy = rand(*shape)
+    ours = GroupNormalization(groups, epsilon=1e-5, gamma_initializer="random_normal",
+                              beta_initializer="random_normal")
+    ours.build(shape)
+    ref = klayers.GroupNormalization(groups, epsilon=1e-5, dtype="float64")
+    ref.build(shape)
+    ref.set_weights([w.astype("float64") for w in ours.get_weights()])
+
+    def forward_backward(layer, x, dy):
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.cast(dy, y.dtype))
+        return [y] + tape.gradient(loss, [x, *layer.trainable_variables])
+
+    got = forward_backward(ours, x, dy)
+    want = forward_backward(ref, x.astype("float64"), dy)
+    assert got[0].dtype == tf.float32
+    for name, g, w in zip(("output", "d/dx", "d/dgamma", "d/dbeta"), got, want):
+        w = np.asarray(w)
+        err = np.abs(np.asarray(g, dtype="float64") - w).max() / max(np.abs(w).max(), 1e-12)
+        assert err < 1e-4, f"{name}: relative error {err:.2e}"
+
+
+def test_group_norm_mixed_precision_keeps_statistics_in_float32():
+    import keras
+
+    x = rand(2, 8, 8, 8, 16) * 50.0 + 300.0  # float16 sums of squares would overflow
+    ours = GroupNormalization(8, epsilon=1e-5, dtype="mixed_float16")
+    ref = klayers.GroupNormalization(8, epsilon=1e-5)
+    y = ours(x)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    assert np.isfinite(np.asarray(y, dtype="float32")).all()
+    np.testing.assert_allclose(np.asarray(y, dtype="float32"), np.asarray(ref(x)), atol=2e-2)
+
+
+def test_group_norm_validates_groups():
+    with pytest.raises(ValueError, match="multiple"):
+        GroupNormalization(3).build((1, 4, 4, 4, 8))

@@ -3,6 +3,7 @@
 from missu_keras.layers.decoder import DeBlock, UpCat
 from missu_keras.layers.distillation import AttentionMap, SelfDistillationLoss
 from missu_keras.layers.encoder import DownSample, EncoderBlock, InitConv
+from missu_keras.layers.normalization import GroupNormalization
 from missu_keras.layers.msf import MultiScaleFusion, PyramidFusion
 from missu_keras.layers.transformer import Bottleneck, PositionEmbedding, TransformerLayer
 
@@ -12,6 +13,7 @@ __all__ = [
     "DeBlock",
     "DownSample",
     "EncoderBlock",
+    "GroupNormalization",
     "InitConv",
     "MultiScaleFusion",
     "PositionEmbedding",

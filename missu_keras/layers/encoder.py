@@ -6,6 +6,7 @@ import keras
 from keras import layers, ops
 
 from missu_keras.layers.base import register
+from missu_keras.layers.normalization import GroupNormalization
 
 
 @register
@@ -51,8 +52,8 @@ class EncoderBlock(layers.Layer):
         super().__init__(**kwargs)
         self.groups = groups
         self.epsilon = epsilon
-        self.norm1 = layers.GroupNormalization(groups, epsilon=epsilon, name="bn1", dtype=self.dtype_policy)
-        self.norm2 = layers.GroupNormalization(groups, epsilon=epsilon, name="bn2", dtype=self.dtype_policy)
+        self.norm1 = GroupNormalization(groups, epsilon=epsilon, name="bn1", dtype=self.dtype_policy)
+        self.norm2 = GroupNormalization(groups, epsilon=epsilon, name="bn2", dtype=self.dtype_policy)
         self.conv1 = None
         self.conv2 = None
 

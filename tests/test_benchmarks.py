@@ -1,0 +1,62 @@
+"""benchmarks/bench_model.py: the --compare-unetr side-by-side (MONAI UNETR in PyTorch).
+
+Where torch / monai / einops are installed the UNETR row is a real measurement; elsewhere (CI
+installs only ``.[dev]``) it must be a "skipped" row, and the benchmark still prints its
+table and JSON.
+"""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def bench_model():
+    spec = importlib.util.spec_from_file_location("bench_model", REPO / "benchmarks" / "bench_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_unetr_tiny(bench_model, capsys):
+    rc = bench_model.main(["--preset", "tiny", "--image-size", "32", "--skip-train", "--skip-bf16",
+                           "--repeats", "1", "--compare-unetr"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    out = json.loads(lines[-1])
+    table = "\n".join(lines[:-1])
+    assert "forward_float32_unetr" in table
+    unetr, missu = out["unetr"], out["results"]["forward_float32"]
+    assert missu["median_s"] > 0
+    if "median_s" in unetr:
+        assert unetr["median_s"] > 0 and unetr["min_s"] > 0 and unetr["peak_gb"] > 0
+        assert unetr["params"] > 1e6
+        assert unetr["input_shape"] == [1, 4, 32, 32, 32]  # channels-first, same input as MISSU
+        assert unetr["threads"] == out["machine"]["threads"]
+        assert out["ratio_missu_over_unetr"] == pytest.approx(missu["median_s"] / unetr["median_s"])
+        assert "MISSU / UNETR forward time ratio:" in table
+    else:
+        assert unetr["skipped"].startswith("pip install monai torch"), unetr
+        assert out["ratio_missu_over_unetr"] is None
+        assert "skipped: pip install monai torch" in table
+
+
+def test_unetr_skipped_when_monai_missing(bench_model, tmp_path, monkeypatch):
+    (tmp_path / "monai.py").write_text("raise ImportError('No module named monai (hidden by the test)')\n")
+    # the child finds this monai first
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    result = bench_model.measure_unetr((32, 32, 32), 4, 4, repeats=1, threads=1)
+    assert result["skipped"] == "pip install monai torch einops"
+    assert "ImportError" in result["reason"]
+
+
+def test_compare_unetr_off_by_default(bench_model, capsys):
+    rc = bench_model.main(["--preset", "tiny", "--image-size", "32", "--skip-train", "--skip-bf16",
+                           "--repeats", "1"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["unetr"] is None and out["ratio_missu_over_unetr"] is None

@@ -1,7 +1,10 @@
 """Model benchmark: params, FLOPs, forward latency (float32 and mixed_bfloat16), one
 training step (MSF + self-distillation on) and peak resident memory of each.
 
-Each measurement runs in its own Python process so that its peak memory is its own.
+Each measurement runs in its own Python process so that its peak memory is its own:
+"peak GB" is the process's peak resident memory (what the OS sees, TensorFlow's runtime and
+allocator caches included); "tensors GB" is the most tensor memory TensorFlow's allocator
+had live at once during the timed runs (`tf.config.experimental.get_memory_info`).
 Prints a table, then one JSON object as the last line.
 
     python benchmarks/bench_model.py                       # brats preset, 128^3 x 4
@@ -44,15 +47,20 @@ if args["mode"] == "forward":
     net = model.inference_model()
     fn = tf.function(lambda t: net(t, training=False))
     fn(x).numpy()  # trace + warm-up
+    tf.config.experimental.reset_memory_stats("CPU:0")
     for _ in range(args["repeats"]):
         t = time.perf_counter(); fn(x).numpy(); times.append(time.perf_counter() - t)
 else:
     model.compile(optimizer=paper_optimizer(1000))
     model.train_on_batch(x, y)  # trace + warm-up
+    tf.config.experimental.reset_memory_stats("CPU:0")
     for _ in range(args["repeats"]):
         t = time.perf_counter(); model.train_on_batch(x, y); times.append(time.perf_counter() - t)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
-print(json.dumps({"median_s": float(np.median(times)), "min_s": float(min(times)), "peak_gb": peak}))
+# TensorFlow's own allocator: the most tensor memory live at once in the timed runs
+live = tf.config.experimental.get_memory_info("CPU:0")["peak"] / 1024 ** 3
+print(json.dumps({"median_s": float(np.median(times)), "min_s": float(min(times)), "peak_gb": peak,
+                  "tensor_peak_gb": live}))
 """
 
 
@@ -169,12 +177,13 @@ def main(argv=None):
     print(f"params: training {report['training']['params'] / 1e6:.2f} M, exported "
           f"{report['exported']['params'] / 1e6:.2f} M; GMACs: training {report['training']['macs'] / 1e9:.1f}, "
           f"exported {report['exported']['macs'] / 1e9:.1f}")
-    print(f"{'measurement':<28} {'median s':>9} {'min s':>8} {'peak GB':>8}")
+    print(f"{'measurement':<28} {'median s':>9} {'min s':>8} {'peak GB':>8} {'tensors GB':>10}")
     for key, r in results.items():
         if "error" in r:
             print(f"{key:<28} error: {r['error']}")
         else:
-            print(f"{key:<28} {r['median_s']:>9.2f} {r['min_s']:>8.2f} {r['peak_gb']:>8.2f}")
+            print(f"{key:<28} {r['median_s']:>9.2f} {r['min_s']:>8.2f} {r['peak_gb']:>8.2f} "
+                  f"{r.get('tensor_peak_gb', float('nan')):>10.2f}")
     if unetr is not None:
         key = "forward_float32_unetr"
         if "median_s" in unetr:

@@ -192,3 +192,113 @@ def test_group_norm_mixed_precision_keeps_statistics_in_float32():
 def test_group_norm_validates_groups():
     with pytest.raises(ValueError, match="multiple"):
         GroupNormalization(3).build((1, 4, 4, 4, 8))
+
+
+def _attention_reference(q, k, v, seed, rate):
+    """Plain ops, differentiated automatically: softmax(q k^T), the same keep mask, v."""
+    import tensorflow as tf
+
+    from missu_keras.layers.transformer import attention_keep_mask
+
+    probs = tf.nn.softmax(tf.matmul(q, k, transpose_b=True), axis=-1)
+    if rate > 0:
+        keep, scale = attention_keep_mask(tf.shape(probs), seed, rate)
+        probs = tf.where(keep, probs * scale, 0.0)
+    return tf.matmul(probs, v)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_recomputed_attention_gradient_equals_automatic_gradient(rate):
+    """The hand-written backward pass (scores and softmax recomputed, dropout mask
+    regenerated from the seed) gives the automatic gradient of the same forward."""
+    import tensorflow as tf
+
+    from missu_keras.layers.transformer import recomputed_attention
+
+    q, k, v, d_out = (tf.constant(rand(2, 3, 9, 4)) for _ in range(4))  # 9 tokens: odd count
+    seed = tf.constant([7, 11], tf.int32)
+
+    @tf.function  # graph mode, where grappler could merge the recomputation away
+    def both():
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([q, k, v])
+            ours = recomputed_attention(q, k, v, seed, rate)
+            ref = _attention_reference(q, k, v, seed, rate)
+            loss_ours, loss_ref = tf.reduce_sum(ours * d_out), tf.reduce_sum(ref * d_out)
+        return ours, ref, tape.gradient(loss_ours, [q, k, v]), tape.gradient(loss_ref, [q, k, v])
+
+    ours, ref, g_ours, g_ref = both()
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+    for name, a, b in zip("qkv", g_ours, g_ref):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"d/d{name}")
+    if rate:
+        assert not np.allclose(ours, recomputed_attention(q, k, v, seed, 0.0))  # dropout happened
+
+
+def test_attention_keep_mask_rate_and_determinism():
+    import tensorflow as tf
+
+    from missu_keras.layers.transformer import attention_keep_mask
+
+    seed = tf.constant([1, 2], tf.int32)
+    keep, scale = attention_keep_mask(tf.constant([400, 1001]), seed, 0.1)
+    dropped = 1.0 - np.mean(keep)
+    assert abs(dropped - 0.1) < 0.003  # 400k draws: standard error 0.0005
+    assert scale == pytest.approx(65536 / (65536 - 6554))  # expectation kept: (1 - p) * scale == 1
+    again, _ = attention_keep_mask(tf.constant([400, 1001]), seed, 0.1)
+    other, _ = attention_keep_mask(tf.constant([400, 1001]), tf.constant([1, 3], tf.int32), 0.1)
+    assert np.array_equal(keep, again) and not np.array_equal(keep, other)
+    none_kept, _ = attention_keep_mask(tf.constant([10, 10]), seed, 1.0)
+    assert not np.any(none_kept)
+
+
+def test_transformer_training_path_matches_inference_path_without_dropout():
+    """training=True runs the recomputing attention; with dropout off it must give the same
+    output and weight gradients as the plain path (training=False)."""
+    import tensorflow as tf
+
+    layer = TransformerLayer(4, 32, dropout_rate=0.0, attn_dropout_rate=0.0)
+    x = tf.constant(rand(2, 12, 16))
+
+    def run(training):
+        with tf.GradientTape() as tape:
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(y * y)
+        return y, tape.gradient(loss, layer.trainable_variables)
+
+    y_train, g_train = run(True)
+    y_eval, g_eval = run(False)
+    np.testing.assert_allclose(y_train, y_eval, atol=1e-6)
+    for a, b, var in zip(g_train, g_eval, layer.trainable_variables):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=var.path)
+
+
+def test_recomputed_attention_keeps_no_score_matrices_for_backward():
+    """Four stacked attentions (8 x 1024^2 scores, 32 MiB per score-sized tensor) in one
+    tf.function: the recomputing attention's peak allocator memory stays well below the
+    automatic gradient's, which keeps softmax output, mask and dropped weights per layer.
+    Guards against grappler merging the recomputation back into the forward pass."""
+    import tensorflow as tf
+
+    from missu_keras.layers.transformer import recomputed_attention
+
+    x = tf.constant(rand(1, 8, 1024, 16))
+
+    def peak_mib(attention):
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = x
+                for i in range(4):
+                    y = y + attention(y, y * 0.5, y * 0.25, tf.constant([i, 1]), 0.1)
+                loss = tf.reduce_sum(y)
+            return tape.gradient(loss, x)
+
+        step(x)
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        step(x).numpy()
+        return tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20
+
+    ours, automatic = peak_mib(recomputed_attention), peak_mib(_attention_reference)
+    assert ours < 0.7 * automatic, (ours, automatic)  # measured: 190 vs 359 MiB

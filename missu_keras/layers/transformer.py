@@ -12,6 +12,84 @@ from missu_keras.layers.base import register
 from missu_keras.layers.decoder import BN_EPSILON, BN_MOMENTUM
 
 
+# Dropout on the attention weights draws one 16-bit random number per weight (two per
+# 32-bit Philox output, 1.7x faster than float32 uniforms): a weight is dropped when its
+# number is below round(rate * 2^16), so the drop probability is that over 2^16 (0.1 ->
+# 0.1000061), and kept weights are scaled by 2^16 / (2^16 - threshold), which keeps the
+# expectation exact.
+_DROP_LEVELS = 1 << 16
+
+
+def attention_keep_mask(shape, seed, rate):
+    """Boolean keep mask of ``shape`` for dropout ``rate``, a pure function of ``seed``
+    (an int32 pair), and the scale for kept values. The same seed gives the same mask,
+    which is what lets the backward pass regenerate it instead of storing it."""
+    threshold = min(int(round(rate * _DROP_LEVELS)), _DROP_LEVELS - 1)
+    total = tf.reduce_prod(shape)
+    bits = tf.random.stateless_uniform(((total + 1) // 2,), seed=seed, minval=None, maxval=None,
+                                       dtype=tf.uint32)
+    bits = tf.reshape(tf.bitcast(bits, tf.uint16), (-1,))[:total]
+    keep = tf.reshape(bits >= threshold, shape)
+    if rate >= 1.0:
+        return tf.zeros(shape, tf.bool), 0.0
+    return keep, _DROP_LEVELS / (_DROP_LEVELS - threshold)
+
+
+def attention_core(q, k, v):
+    """``softmax(q k^T) v`` with the softmax in float32; q already scaled. Shapes
+    ``(B, heads, N, head_dim)``. Plain ops: what inference and export run."""
+    scores = tf.linalg.matmul(q, k, transpose_b=True)
+    weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
+    return tf.linalg.matmul(weights, v)
+
+
+def recomputed_attention(q, k, v, seed, rate):
+    """``dropout(softmax(q k^T)) v`` for training, with a hand-written gradient that keeps
+    only q, k, v and the dropout seed between the forward and backward passes.
+
+    Automatic differentiation keeps the N x N scores, softmax output, dropout mask and
+    dropped weights of every layer (8 x 4096^2 values each for the brats preset: 0.5 GB in
+    float32 per tensor); here the backward pass recomputes the scores and softmax and
+    regenerates the dropout mask from the seed. Same values as the automatic gradient up to
+    float rounding (tests/test_layers.py); see benchmarks/NOTES.md (section 7).
+    """
+
+    def forward(q, k, v, seed):
+        probs = ops.softmax(ops.cast(tf.linalg.matmul(q, k, transpose_b=True), "float32"), axis=-1)
+        if rate > 0:
+            keep, scale = attention_keep_mask(tf.shape(probs), seed, rate)
+            probs_dropped = tf.where(keep, probs * scale, 0.0)
+        else:
+            keep, scale, probs_dropped = None, 1.0, probs
+        return probs, keep, scale, probs_dropped
+
+    @tf.custom_gradient
+    def core(q, k, v, seed):
+        _, _, _, weights = forward(q, k, v, seed)
+        out = tf.linalg.matmul(ops.cast(weights, v.dtype), v)
+
+        def grad(d_out):
+            # The control dependency on d_out keeps grappler from merging this
+            # recomputation with the forward ops (common subexpression elimination),
+            # which would keep the forward tensors alive again.
+            with tf.control_dependencies([d_out]):
+                q_, k_, v_, seed_ = (tf.identity(t) for t in (q, k, v, seed))
+            probs, keep, scale, weights = forward(q_, k_, v_, seed_)
+            d_v = tf.linalg.matmul(ops.cast(weights, d_out.dtype), d_out, transpose_a=True)
+            d_weights = ops.cast(tf.linalg.matmul(d_out, v, transpose_b=True), "float32")
+            if keep is not None:
+                d_weights = tf.where(keep, d_weights * scale, 0.0)
+            d_scores = probs * (d_weights - tf.reduce_sum(d_weights * probs, axis=-1, keepdims=True))
+            d_scores = ops.cast(d_scores, q.dtype)
+            d_q = tf.linalg.matmul(d_scores, k)
+            d_k = tf.linalg.matmul(d_scores, q, transpose_a=True)
+            return d_q, d_k, d_v, None
+
+        return out, grad
+
+    return core(q, k, v, seed)
+
+
 @register
 class Bottleneck(layers.Layer):
     """BatchNorm -> ReLU -> Conv3D(embed_dim, 3x3x3, same) on A4 (the released code's
@@ -134,10 +212,16 @@ class TransformerLayer(layers.Layer):
         # k is read transposed by the matmul instead of being copied: 1.55x faster on
         # 4096 tokens (benchmarks/NOTES.md), equal to float rounding.
         q, k, v = qkv[0] * ops.cast(head_dim ** -0.5, qkv.dtype), qkv[1], qkv[2]
-        scores = tf.linalg.matmul(q, k, transpose_b=True)
-        weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
-        weights = self.attn_dropout(weights, training=training)
-        out = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
+        if training:
+            rate = self.attn_dropout_rate
+            if rate > 0:  # the Dropout layer's seed generator (int64 state) -> an int32 pair
+                seed = tf.cast(tf.math.floormod(self.attn_dropout.seed_generator.next(), 2**31 - 1), "int32")
+            else:
+                seed = tf.zeros((2,), "int32")
+            out = recomputed_attention(q, k, v, seed, rate)
+        else:
+            out = attention_core(q, k, v)
+        out = ops.transpose(out, (0, 2, 1, 3))
         out = ops.reshape(out, (batch, tokens, embed_dim))
         return self.proj(out)
 

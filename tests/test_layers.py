@@ -302,3 +302,27 @@ def test_recomputed_attention_keeps_no_score_matrices_for_backward():
 
     ours, automatic = peak_mib(recomputed_attention), peak_mib(_attention_reference)
     assert ours < 0.7 * automatic, (ours, automatic)  # measured: 190 vs 359 MiB
+
+
+def test_msf_training_path_matches_keras_dilated_convolutions():
+    """In training, where oneDNN runs (the package turns it on), MultiScaleFusion calls
+    Conv3D with its dilations attribute instead of Keras' SpaceToBatch form; outputs and
+    gradients must equal the inference path's (Keras' form)."""
+    import tensorflow as tf
+
+    from missu_keras.layers.msf import onednn_enabled
+
+    layer = MultiScaleFusion()
+    x = tf.constant(rand(1, 12, 10, 8, 4))  # non-cubic, not a multiple of the rates
+    layer.build(x.shape)
+
+    def run(training):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(y * y)
+        return [y] + tape.gradient(loss, [x, *layer.trainable_variables])
+
+    assert onednn_enabled()  # tests/conftest.py sets TF_ENABLE_ONEDNN_OPTS=1 like the package
+    for a, b in zip(run(True), run(False)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))

@@ -24,14 +24,14 @@ def attention_keep_mask(shape, seed, rate):
     """Boolean keep mask of ``shape`` for dropout ``rate``, a pure function of ``seed``
     (an int32 pair), and the scale for kept values. The same seed gives the same mask,
     which is what lets the backward pass regenerate it instead of storing it."""
+    if rate >= 1.0:
+        return tf.zeros(shape, tf.bool), 0.0
     threshold = min(int(round(rate * _DROP_LEVELS)), _DROP_LEVELS - 1)
     total = tf.reduce_prod(shape)
     bits = tf.random.stateless_uniform(((total + 1) // 2,), seed=seed, minval=None, maxval=None,
                                        dtype=tf.uint32)
     bits = tf.reshape(tf.bitcast(bits, tf.uint16), (-1,))[:total]
     keep = tf.reshape(bits >= threshold, shape)
-    if rate >= 1.0:
-        return tf.zeros(shape, tf.bool), 0.0
     return keep, _DROP_LEVELS / (_DROP_LEVELS - threshold)
 
 
@@ -211,7 +211,8 @@ class TransformerLayer(layers.Layer):
         # The scale goes on q (N x head_dim values) rather than on the N x N scores, and
         # k is read transposed by the matmul instead of being copied: 1.55x faster on
         # 4096 tokens (benchmarks/NOTES.md), equal to float rounding.
-        q, k, v = qkv[0] * ops.cast(head_dim ** -0.5, qkv.dtype), qkv[1], qkv[2]
+        q, k, v = ops.unstack(qkv, 3, axis=0)  # gradient: one stack, not three slice-gradients
+        q = q * ops.cast(head_dim ** -0.5, q.dtype)
         if training:
             rate = self.attn_dropout_rate
             if rate > 0:  # the Dropout layer's seed generator (int64 state) -> an int32 pair

@@ -32,33 +32,41 @@ import sys
 CHILD = r"""
 import json, os, resource, sys, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from missu_keras import MISSU, paper_optimizer  # first: it turns oneDNN on before TensorFlow loads
 import numpy as np, tensorflow as tf, keras
 args = json.loads(sys.argv[1])
 if args["precision"] != "float32":
     keras.mixed_precision.set_global_policy(args["precision"])
-from missu_keras import MISSU, paper_optimizer
 overrides = {"image_size": args["image_size"]} if args["image_size"] else {}
 model = MISSU.from_preset(args["preset"], **overrides)
 cfg = model.config
 x = np.random.default_rng(0).standard_normal((1, *cfg.image_size, cfg.in_channels)).astype("float32")
 y = np.random.default_rng(1).integers(0, cfg.num_classes, (1, *cfg.image_size)).astype("int32")
+def reset_memory_stats():
+    try:  # statistics exist with oneDNN's CPU allocator (missu_keras turns oneDNN on)
+        tf.config.experimental.reset_memory_stats("CPU:0")
+    except ValueError:
+        pass
 times = []
 if args["mode"] == "forward":
     net = model.inference_model()
     fn = tf.function(lambda t: net(t, training=False))
     fn(x).numpy()  # trace + warm-up
-    tf.config.experimental.reset_memory_stats("CPU:0")
+    reset_memory_stats()
     for _ in range(args["repeats"]):
         t = time.perf_counter(); fn(x).numpy(); times.append(time.perf_counter() - t)
 else:
     model.compile(optimizer=paper_optimizer(1000))
     model.train_on_batch(x, y)  # trace + warm-up
-    tf.config.experimental.reset_memory_stats("CPU:0")
+    reset_memory_stats()
     for _ in range(args["repeats"]):
         t = time.perf_counter(); model.train_on_batch(x, y); times.append(time.perf_counter() - t)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
 # TensorFlow's own allocator: the most tensor memory live at once in the timed runs
-live = tf.config.experimental.get_memory_info("CPU:0")["peak"] / 1024 ** 3
+try:
+    live = tf.config.experimental.get_memory_info("CPU:0")["peak"] / 1024 ** 3
+except ValueError:
+    live = None
 print(json.dumps({"median_s": float(np.median(times)), "min_s": float(min(times)), "peak_gb": peak,
                   "tensor_peak_gb": live}))
 """
@@ -183,7 +191,7 @@ def main(argv=None):
             print(f"{key:<28} error: {r['error']}")
         else:
             print(f"{key:<28} {r['median_s']:>9.2f} {r['min_s']:>8.2f} {r['peak_gb']:>8.2f} "
-                  f"{r.get('tensor_peak_gb', float('nan')):>10.2f}")
+                  f"{r.get('tensor_peak_gb') or float('nan'):>10.2f}")
     if unetr is not None:
         key = "forward_float32_unetr"
         if "median_s" in unetr:

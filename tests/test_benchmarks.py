@@ -45,13 +45,20 @@ def test_compare_unetr_tiny(bench_model, capsys):
         assert "skipped: pip install monai torch" in table
 
 
-def test_unetr_skipped_when_monai_missing(bench_model, tmp_path, monkeypatch):
-    (tmp_path / "monai.py").write_text("raise ImportError('No module named monai (hidden by the test)')\n")
-    # the child finds this monai first
+@pytest.mark.parametrize("hidden", [("monai",), ("torch",), ("torch", "monai")])
+def test_unetr_skipped_when_torch_or_monai_missing(bench_model, tmp_path, monkeypatch, hidden):
+    """Correct whatever this machine has installed: the hidden modules are made to fail to
+    import in the child; the reason names a module that is hidden or really absent."""
+    for name in hidden:
+        (tmp_path / f"{name}.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{name}' (hidden by the test)\", name='{name}')\n")
+    # the child finds these first
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     result = bench_model.measure_unetr((32, 32, 32), 4, 4, repeats=1, threads=1)
-    assert result["skipped"] == "pip install monai torch einops"
-    assert "ImportError" in result["reason"]
+    assert result["skipped"] == "pip install monai torch einops", result
+    assert result["reason"].startswith("ModuleNotFoundError: No module named '"), result
+    absent = set(hidden) | {m for m in ("torch", "monai", "einops") if importlib.util.find_spec(m) is None}
+    assert any(f"No module named '{m}'" in result["reason"] for m in absent), (absent, result)
 
 
 def test_compare_unetr_off_by_default(bench_model, capsys):

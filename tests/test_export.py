@@ -12,8 +12,10 @@ import dataclasses
 import http.server
 import json
 import os
+import pathlib
 import subprocess
 import sys
+import sysconfig
 import threading
 
 import nibabel as nib
@@ -97,7 +99,10 @@ def python_labels(inference, loaded, prep, sw_batch_size=1, pad=False):
 
 
 def saved_model_cli(*args):
-    return subprocess.run(["saved_model_cli", *args], capture_output=True, text=True,
+    # TensorFlow's console script of the Python running the tests (a virtual environment's
+    # bin/ need not be on PATH)
+    program = pathlib.Path(sysconfig.get_path("scripts")) / "saved_model_cli"
+    return subprocess.run([str(program), *args], capture_output=True, text=True,
                           env=SUBPROCESS_ENV, timeout=300)
 
 

@@ -310,7 +310,7 @@ def test_msf_training_path_matches_keras_dilated_convolutions():
     gradients must equal the inference path's (Keras' form)."""
     import tensorflow as tf
 
-    from missu_keras.layers.msf import onednn_enabled
+    from missu_keras.compat import onednn_enabled
 
     layer = MultiScaleFusion()
     x = tf.constant(rand(1, 12, 10, 8, 4))  # non-cubic, not a multiple of the rates

@@ -5,6 +5,7 @@ from __future__ import annotations
 from keras import layers, ops
 
 from missu_keras.layers.base import register
+from missu_keras.layers.conv import SafeConv3D, SafeConv3DTranspose
 
 # PyTorch's BatchNorm momentum 0.1 weights the new batch; Keras' momentum weights the
 # running value, so 0.1 there is 0.9 here. Batch statistics are synchronised across
@@ -29,9 +30,9 @@ class DeBlock(layers.Layer):
         self.filters = filters
         self.residual = residual
         p = self.dtype_policy
-        self.conv1 = layers.Conv3D(filters, 3, padding="same", name="conv1", dtype=p)
+        self.conv1 = SafeConv3D(filters, 3, padding="same", name="conv1", dtype=p)
         self.bn1 = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name="bn1", dtype=p)
-        self.conv2 = layers.Conv3D(filters, 3, padding="same", name="conv2", dtype=p)
+        self.conv2 = SafeConv3D(filters, 3, padding="same", name="conv2", dtype=p)
         self.bn2 = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name="bn2", dtype=p)
 
     def build(self, input_shape):
@@ -73,9 +74,9 @@ class UpCat(layers.Layer):
         super().__init__(**kwargs)
         self.filters = filters
         p = self.dtype_policy
-        self.conv1 = layers.Conv3D(filters, 1, name="conv1", dtype=p)
-        self.conv2 = layers.Conv3DTranspose(filters, 2, strides=2, name="conv2", dtype=p)
-        self.conv3 = layers.Conv3D(filters, 1, name="conv3", dtype=p)
+        self.conv1 = SafeConv3D(filters, 1, name="conv1", dtype=p)
+        self.conv2 = SafeConv3DTranspose(filters, 2, strides=2, name="conv2", dtype=p)
+        self.conv3 = SafeConv3D(filters, 1, name="conv3", dtype=p)
 
     @staticmethod
     def _split(inputs):

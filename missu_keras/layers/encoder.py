@@ -6,6 +6,7 @@ import keras
 from keras import layers, ops
 
 from missu_keras.layers.base import register
+from missu_keras.layers.conv import SafeConv3D
 from missu_keras.layers.normalization import GroupNormalization
 
 
@@ -23,7 +24,7 @@ class InitConv(layers.Layer):
         super().__init__(**kwargs)
         self.filters = filters
         self.dropout_rate = dropout_rate
-        self.conv = layers.Conv3D(filters, 3, padding="same", name="conv", dtype=self.dtype_policy)
+        self.conv = SafeConv3D(filters, 3, padding="same", name="conv", dtype=self.dtype_policy)
         self.dropout = layers.SpatialDropout3D(dropout_rate, dtype=self.dtype_policy)
 
     def build(self, input_shape):
@@ -59,8 +60,8 @@ class EncoderBlock(layers.Layer):
 
     def build(self, input_shape):
         c = input_shape[-1]
-        self.conv1 = layers.Conv3D(c, 3, padding="same", name="conv1", dtype=self.dtype_policy)
-        self.conv2 = layers.Conv3D(c, 3, padding="same", name="conv2", dtype=self.dtype_policy)
+        self.conv1 = SafeConv3D(c, 3, padding="same", name="conv1", dtype=self.dtype_policy)
+        self.conv2 = SafeConv3D(c, 3, padding="same", name="conv2", dtype=self.dtype_policy)
         for sub in (self.norm1, self.conv1, self.norm2, self.conv2):
             sub.build(input_shape)
         self.built = True
@@ -93,7 +94,7 @@ class DownSample(layers.Layer):
         super().__init__(**kwargs)
         self.filters = filters
         self.pad = layers.ZeroPadding3D(1, dtype=self.dtype_policy)
-        self.conv = layers.Conv3D(filters, 3, strides=2, padding="valid", name="conv", dtype=self.dtype_policy)
+        self.conv = SafeConv3D(filters, 3, strides=2, padding="valid", name="conv", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.conv.build(self.pad.compute_output_shape(input_shape))

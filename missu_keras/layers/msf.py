@@ -5,16 +5,9 @@ from __future__ import annotations
 import tensorflow as tf
 from keras import layers, ops
 
+from missu_keras.compat import onednn_enabled
 from missu_keras.layers.base import register
-
-
-def onednn_enabled() -> bool:
-    """Whether TensorFlow runs its oneDNN CPU kernels in this process."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:  # pragma: no cover - moved in some future TensorFlow
-        return False
-    return bool(_pywrap_util_port.IsMklEnabled())
+from missu_keras.layers.conv import SafeConv3D
 
 
 def direct_dilated_conv(conv, x):
@@ -64,9 +57,9 @@ class MultiScaleFusion(layers.Layer):
             convs = []
             for j, rate in enumerate(spec, start=1):
                 if rate == "1x1":
-                    conv = layers.Conv3D(c, 1, name=f"branch{i}_conv{j}_1x1", dtype=p)
+                    conv = SafeConv3D(c, 1, name=f"branch{i}_conv{j}_1x1", dtype=p)
                 else:
-                    conv = layers.Conv3D(c, 3, padding="same", dilation_rate=rate,
+                    conv = SafeConv3D(c, 3, padding="same", dilation_rate=rate,
                                          name=f"branch{i}_conv{j}_rate{rate}", dtype=p)
                 conv.build(input_shape)
                 convs.append(conv)
@@ -112,8 +105,8 @@ class PyramidFusion(layers.Layer):
         abar_shape, prev_shape = input_shape
         c = abar_shape[-1]
         p = self.dtype_policy
-        self.conv_a = layers.Conv3D(c, 1, name="conv_a", dtype=p)
-        self.conv_b = layers.Conv3D(c, 3, strides=2, padding="valid", name="conv_b", dtype=p)
+        self.conv_a = SafeConv3D(c, 1, name="conv_a", dtype=p)
+        self.conv_b = SafeConv3D(c, 3, strides=2, padding="valid", name="conv_b", dtype=p)
         self.conv_a.build(abar_shape)
         self.conv_b.build(self.pad.compute_output_shape(prev_shape))
         self.built = True

@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from missu_keras.layers.base import register
+from missu_keras.layers.conv import SafeConv3D
 from missu_keras.layers.decoder import BN_EPSILON, BN_MOMENTUM
 
 
@@ -107,7 +108,7 @@ class Bottleneck(layers.Layer):
         self.embed_dim = embed_dim
         p = self.dtype_policy
         self.bn = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, synchronized=True, name="bn", dtype=p)
-        self.conv = layers.Conv3D(embed_dim, 3, padding="same", name="conv_x", dtype=p)
+        self.conv = SafeConv3D(embed_dim, 3, padding="same", name="conv_x", dtype=p)
 
     def build(self, input_shape):
         self.bn.build(input_shape)

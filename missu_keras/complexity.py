@@ -23,7 +23,7 @@ import math
 
 from keras import layers
 
-from missu_keras.layers import TransformerLayer
+from missu_keras.layers import MultiScaleFusion, TransformerLayer
 
 FLOPS_METHOD = (
     "FLOPs = 2 x MACs of all Conv3D, Conv3DTranspose and Dense layers plus the two "
@@ -59,13 +59,20 @@ def layer_macs(layer) -> int:
 
 
 def count_macs(model) -> int:
-    """Total MACs per sample of every layer reachable from ``model``."""
+    """Total MACs per sample of every layer reachable from ``model`` (a convolution that
+    an MSF block calls more than once, with ``msf_shared_weights``, counts per call)."""
     seen = set()
     total = 0
+    # Keras lists a layer before the layers inside it.
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if id(layer) in seen:
             continue
         seen.add(id(layer))
+        if isinstance(layer, MultiScaleFusion):
+            for conv, calls in layer.convolution_calls():
+                total += calls * layer_macs(conv)
+                seen.add(id(conv))
+            continue
         total += layer_macs(layer)
     return total
 

@@ -17,7 +17,7 @@ import dataclasses
 from typing import Sequence, Tuple, Union
 
 MSF_MODES = ("none", "local", "ms_output")
-SEG_LOSSES = ("ce", "dice", "dice_ce")
+SEG_LOSSES = ("ce", "dice", "dice_ce", "released_dice")
 
 
 def normalize_image_size(image_size: Union[int, Sequence[int]]) -> Tuple[int, int, int]:
@@ -44,6 +44,15 @@ class MISSUConfig:
     ``base_width`` is b, ``embed_dim`` is E, ``num_layers`` is L, ``distill_weight``
     is lambda of Eq. 6. The ablation switches of Table IV / Fig. 5 are
     ``use_transformer``, ``msf_mode``, ``self_distill`` and ``num_skip_connections``.
+
+    Two ablations from the paper's sources: ``attention_map_power`` is p in
+    ``phi(F) = sum_c |F_c|^p`` (1 in the paper's Eq. 4, 2 in attention transfer, which the
+    paper cites) and ``msf_shared_weights`` makes the four MSF branches share their
+    convolutions as in CE-Net's DAC block. Three switches reproduce the released code
+    where it differs from the paper (README, "Differences from the released code"):
+    ``released_stem_dropout`` (init_conv's channel dropout also at evaluation),
+    ``released_attention_dropout`` (the attention output dropped twice) and
+    ``seg_loss="released_dice"`` (the sum of three batch-level Dice terms).
     """
 
     image_size: Union[int, Tuple[int, int, int]] = 128
@@ -64,6 +73,10 @@ class MISSUConfig:
     num_skip_connections: int = 3
     teacher_stop_gradient: bool = False
     seg_loss: str = "ce"
+    attention_map_power: float = 1.0
+    msf_shared_weights: bool = False
+    released_stem_dropout: bool = False
+    released_attention_dropout: bool = False
 
     def __post_init__(self):
         self.image_size = normalize_image_size(self.image_size)
@@ -119,6 +132,13 @@ class MISSUConfig:
             )
         if self.seg_loss not in SEG_LOSSES:
             raise ValueError(f"seg_loss must be one of {SEG_LOSSES}. Received: seg_loss={self.seg_loss!r}")
+        power = self.attention_map_power
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not power >= 1:
+            raise ValueError(f"attention_map_power must be a number >= 1 (1: the paper's Eq. 4, 2: "
+                             f"attention transfer). Received: attention_map_power={power!r}")
+        for name in ("msf_shared_weights", "released_stem_dropout", "released_attention_dropout"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False. Received: {name}={getattr(self, name)!r}")
 
     @property
     def token_grid(self) -> Tuple[int, int, int]:

@@ -1,4 +1,5 @@
-"""Segmentation losses, per sample, so the model can average them over the global batch.
+"""Segmentation losses, per sample, so the model can average them over the global batch
+(``released_dice``, the released code's batch-level loss, repeats its batch value).
 
 All take integer training classes ``y_true`` ``(B, H, W, D)`` and float32 logits
 ``(B, H, W, D, K)`` and return a float32 vector ``(B,)``.
@@ -51,6 +52,38 @@ def per_sample_soft_dice(y_true, logits):
     return 1.0 - ops.mean(dice, axis=-1)
 
 
+RELEASED_DICE_EPS = 1e-5
+
+
+def released_dice(y_true, logits):
+    """The released code's ``softmax_dice``: ``sum_k (1 - 2 |P_k G_k| / (|P_k| + |G_k| +
+    1e-5))`` over the foreground classes k = 1..K-1 (three terms for BraTS: 0 to 3), each
+    term over the whole batch rather than per sample.
+
+    Returned as a ``(B,)`` vector holding the batch value in every entry, so the model's
+    mean over the batch is the batch value. Under data parallelism the batch is each
+    replica's (the released code gathers the whole batch on one device). Its scale is up
+    to 3x that of ``"dice"`` (a per-sample mean of the terms), so ``distill_weight`` weighs
+    L_sd correspondingly less beside it (README, "Differences from the released code").
+
+    >>> import numpy as np
+    >>> y = np.array([[[[0, 1], [2, 3]]]], "int32")                      # (1, 1, 2, 2)
+    >>> logits = np.where(np.eye(4)[y] > 0, 30.0, -30.0).astype("float32")
+    >>> round(float(released_dice(y, logits)[0]), 4)                  # perfect: 3 x 0
+    0.0
+    >>> round(float(released_dice(y, -logits)[0]), 4)                 # every term 1
+    3.0
+    """
+    y_true, logits = _prepare(y_true, logits)
+    num_classes = logits.shape[-1]
+    probs = ops.reshape(ops.softmax(logits, axis=-1), (-1, num_classes))[:, 1:]
+    onehot = ops.reshape(ops.one_hot(y_true, num_classes, dtype="float32"), (-1, num_classes))[:, 1:]
+    inter = ops.sum(probs * onehot, axis=0)
+    denom = ops.sum(probs, axis=0) + ops.sum(onehot, axis=0) + RELEASED_DICE_EPS
+    loss = ops.sum(1.0 - 2.0 * inter / denom)
+    return ops.broadcast_to(loss, (ops.shape(logits)[0],))
+
+
 def per_sample_dice_ce(y_true, logits):
     """Soft Dice + cross-entropy, equally weighted."""
     return per_sample_soft_dice(y_true, logits) + per_sample_cross_entropy(y_true, logits)
@@ -60,6 +93,7 @@ SEGMENTATION_LOSSES = {
     "ce": per_sample_cross_entropy,
     "dice": per_sample_soft_dice,
     "dice_ce": per_sample_dice_ce,
+    "released_dice": released_dice,
 }
 
 

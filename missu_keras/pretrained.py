@@ -45,6 +45,9 @@ from missu_keras.presets import (get_preset_config, get_preset_preprocessing,
 # Tensors of the released code that do not reach the output (an unused linear
 # encoding and a final LayerNorm whose output the decoder never reads).
 IGNORED_TORCH_PREFIXES = ("linear_encoding.", "pre_head_ln.")
+# Buffers every PyTorch checkpoint carries that are not weights: BatchNorm's step counter
+# (used by PyTorch only with momentum=None; Keras' BatchNormalization has no counterpart).
+IGNORED_TORCH_SUFFIXES = (".num_batches_tracked",)
 
 # ``weights`` tag for a preset's published weights (Keras Applications' "imagenet").
 PUBLISHED = "published"
@@ -561,7 +564,8 @@ def load_torch_state_dict(backbone, state_dict: Dict[str, np.ndarray]) -> None:
 
     Raises ``ValueError`` naming the tensor and both shapes on a mismatch, or the
     missing tensor names; tensors the network does not use are ignored with a warning
-    (except the two known unused ones, ignored silently).
+    (except the two known unused ones and BatchNorm's ``num_batches_tracked`` counters,
+    ignored silently).
     """
     state = _clean_state_dict(state_dict)
     used = set()
@@ -593,7 +597,8 @@ def load_torch_state_dict(backbone, state_dict: Dict[str, np.ndarray]) -> None:
             f"{len(missing)} tensors missing from the checkpoint: {missing[:20]}"
             + (" ..." if len(missing) > 20 else "")
         )
-    unused = sorted(k for k in state if k not in used and not k.startswith(IGNORED_TORCH_PREFIXES))
+    unused = sorted(k for k in state if k not in used and not k.startswith(IGNORED_TORCH_PREFIXES)
+                    and not k.endswith(IGNORED_TORCH_SUFFIXES))
     if unused:
         warnings.warn(f"Ignored {len(unused)} checkpoint tensors the network does not use: {unused[:20]}")
     for variable, value in assignments:

@@ -61,7 +61,7 @@ class TrainConfig:
         batch_size: global batch (the paper: 4), split across replicas.
         patch_size: training crop / model input (int or 3 ints, multiples of 8);
             default the preset's ``image_size``.
-        loss: ``"ce"``, ``"dice"`` or ``"dice_ce"``; default the preset's.
+        loss: ``"ce"``, ``"dice"``, ``"dice_ce"`` or ``"released_dice"``; default the preset's.
         distill_weight: lambda of ``L_seg + lambda L_sd``; default the preset's (0.3).
         precision: ``"float32"``, ``"mixed_float16"`` (GPU, with loss scaling),
             ``"mixed_bfloat16"`` (CPU with bf16 units, TPU) or ``"auto"`` (mixed_float16
@@ -605,7 +605,7 @@ def register(subparsers):
     p.add_argument("--config", help="YAML or JSON file of training settings")
     for name, kind in _FLAG_TYPES.items():
         flag = "--" + name.replace("_", "-")
-        help_ = {"loss": "ce | dice | dice_ce", "precision": "|".join(PRECISIONS),
+        help_ = {"loss": "ce | dice | dice_ce | released_dice", "precision": "|".join(PRECISIONS),
                  "layout": "|".join(LAYOUTS)}.get(name)
         p.add_argument(flag, dest=name, type=kind, default=None, help=help_)
     p.add_argument("--patch-size", type=int, nargs="+", metavar="N", default=None,

@@ -5,6 +5,7 @@ folders, and each error."""
 import hashlib
 import json
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -37,6 +38,15 @@ def trained():
 def fixture_state(parity_fixture):
     data = np.load(parity_fixture)
     return {k[len("state_dict/"):]: data[k] for k in data.files if k.startswith("state_dict/")}
+
+
+def with_batch_counters(state, counter=lambda: np.array(1234, np.int64)):
+    """``state`` as PyTorch saves it: every BatchNorm also carries ``num_batches_tracked``."""
+    out = dict(state)
+    for key in state:
+        if key.endswith(".running_mean"):
+            out[key[: -len("running_mean")] + "num_batches_tracked"] = counter()
+    return out
 
 
 def parity_expectation(parity_fixture):
@@ -184,13 +194,33 @@ def test_npz_with_other_classes_is_named(parity_fixture, tmp_path):
         load_pretrained("chaos", weights=str(parity_fixture), **PARITY_CONFIG)
 
 
+def test_num_batches_tracked_is_ignored_silently(parity_fixture, tmp_path):
+    """Real checkpoints carry a num_batches_tracked buffer per BatchNorm: no warning (run
+    with warnings as errors), and the network still matches the reference."""
+    state = with_batch_counters(fixture_state(parity_fixture))
+    assert sum(k.endswith("num_batches_tracked") for k in state) >= 10
+    path = tmp_path / "real_style.npz"
+    np.savez(path, **state)
+    x, expected = parity_expectation(parity_fixture)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = load_pretrained("brats", weights=str(path), **PARITY_CONFIG)
+    assert np.abs(model.predict(x, verbose=0) - expected).max() < 1e-4
+    # any other unused tensor is still reported
+    np.savez(path, **{**state, "Unet.extra.weight": np.zeros(3, np.float32)})
+    with pytest.warns(UserWarning, match=r"Ignored 1 checkpoint tensors.*Unet\.extra\.weight"):
+        load_pretrained("brats", weights=str(path), **PARITY_CONFIG)
+
+
 def test_pth_checkpoint_of_the_released_code(parity_fixture, tmp_path):
     torch = pytest.importorskip("torch", reason="torch is not installed (extra 'torch')")
-    state = {k: torch.from_numpy(v) for k, v in fixture_state(parity_fixture).items()}
+    state = {k: torch.from_numpy(v) for k, v in with_batch_counters(fixture_state(parity_fixture)).items()}
     x, expected = parity_expectation(parity_fixture)
     bare = tmp_path / "model.pth"
     torch.save(state, bare)
-    model = load_pretrained("brats", weights=str(bare), **PARITY_CONFIG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # num_batches_tracked buffers are known
+        model = load_pretrained("brats", weights=str(bare), **PARITY_CONFIG)
     assert np.abs(model.predict(x, verbose=0) - expected).max() < 1e-4
     # The released training checkpoint: {"epoch", "state_dict", "optim_dict"}, DataParallel names.
     checkpoint = tmp_path / "model_epoch_last.pt"

@@ -15,15 +15,18 @@ class InitConv(layers.Layer):
     """``init_conv``: Conv3D(filters, 3x3x3, same) then channel dropout (training only).
 
     The released code calls ``F.dropout3d`` without the training flag, so it also drops
-    channels at evaluation; we treat it as training-only (known-pitfalls.md #5).
+    channels at evaluation; we treat it as training-only (known-pitfalls.md #5) unless
+    ``dropout_at_inference=True`` (``MISSUConfig.released_stem_dropout``), which
+    reproduces the released network, stochastic at inference.
 
     Input ``(B, H, W, D, C_in)`` -> output ``(B, H, W, D, filters)``.
     """
 
-    def __init__(self, filters, dropout_rate=0.2, **kwargs):
+    def __init__(self, filters, dropout_rate=0.2, dropout_at_inference=False, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.dropout_rate = dropout_rate
+        self.dropout_at_inference = bool(dropout_at_inference)
         self.conv = SafeConv3D(filters, 3, padding="same", name="conv", dtype=self.dtype_policy)
         self.dropout = layers.SpatialDropout3D(dropout_rate, dtype=self.dtype_policy)
 
@@ -32,13 +35,14 @@ class InitConv(layers.Layer):
         self.built = True
 
     def call(self, x, training=None):
-        return self.dropout(self.conv(x), training=training)
+        return self.dropout(self.conv(x), training=True if self.dropout_at_inference else training)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.filters)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "dropout_rate": self.dropout_rate}
+        return {**super().get_config(), "filters": self.filters, "dropout_rate": self.dropout_rate,
+                "dropout_at_inference": self.dropout_at_inference}
 
 
 @register

@@ -33,38 +33,62 @@ class MultiScaleFusion(layers.Layer):
     """Dense atrous block (the 3D form of CE-Net's DAC): ``Abar = A + b1 + b2 + b3 + b4``.
 
     Four parallel branches, each ending in ReLU, with receptive fields 3, 7, 9 and 19
-    (all 3x3x3 unless said, each convolution with its own weights):
+    (all 3x3x3 unless said):
 
     - b1: conv rate 1
     - b2: conv rate 3, conv 1x1x1
     - b3: conv rate 1, conv rate 3, conv 1x1x1
     - b4: conv rate 1, conv rate 3, conv rate 5, conv 1x1x1
 
+    By default (the paper's reading) every convolution has its own weights: seven 3x3x3
+    and three 1x1x1 convolutions. ``shared_weights=True`` is CE-Net's DAC block: one
+    convolution per rate (1, 3, 5) and one 1x1x1, shared by the branches that use it
+    (three 3x3x3 and one 1x1x1: 43 % of the parameters). The shared prefixes are then
+    the same computation, so ``rate3(rate1(A))`` and ``rate1(A)`` are computed once and
+    reused (the same result as CE-Net's code, which recomputes them: 4 instead of 7
+    3x3x3 convolutions).
+
     Shape preserving: ``(B, H, W, D, c)`` -> ``(B, H, W, D, c)``.
     """
 
     BRANCHES = ((1,), (3, "1x1"), (1, 3, "1x1"), (1, 3, 5, "1x1"))
 
-    def __init__(self, **kwargs):
+    def __init__(self, shared_weights=False, **kwargs):
         super().__init__(**kwargs)
+        self.shared_weights = bool(shared_weights)
         self.branches = []
 
     def build(self, input_shape):
         c = input_shape[-1]
         p = self.dtype_policy
-        self.branches = []
-        for i, spec in enumerate(self.BRANCHES, start=1):
-            convs = []
-            for j, rate in enumerate(spec, start=1):
-                if rate == "1x1":
-                    conv = SafeConv3D(c, 1, name=f"branch{i}_conv{j}_1x1", dtype=p)
-                else:
-                    conv = SafeConv3D(c, 3, padding="same", dilation_rate=rate,
-                                         name=f"branch{i}_conv{j}_rate{rate}", dtype=p)
-                conv.build(input_shape)
-                convs.append(conv)
-            self.branches.append(convs)
+
+        def make(rate, name):
+            if rate == "1x1":
+                conv = SafeConv3D(c, 1, name=f"{name}_1x1", dtype=p)
+            else:
+                conv = SafeConv3D(c, 3, padding="same", dilation_rate=rate, name=f"{name}_rate{rate}", dtype=p)
+            conv.build(input_shape)
+            return conv
+
+        shared = {rate: make(rate, "shared") for rate in (1, 3, 5, "1x1")} if self.shared_weights else {}
+        self.branches = [
+            [shared[rate] if shared else make(rate, f"branch{i}_conv{j}") for j, rate in enumerate(spec, start=1)]
+            for i, spec in enumerate(self.BRANCHES, start=1)
+        ]
         self.built = True
+
+    def convolution_calls(self):
+        """``(conv, times called)`` per distinct convolution, as ``call`` runs them."""
+        calls = {}
+        done = set()
+        for convs in self.branches:
+            for depth, conv in enumerate(convs, start=1):
+                prefix = tuple(id(c) for c in convs[:depth])
+                if prefix in done:
+                    continue  # computed by an earlier branch (shared weights only)
+                done.add(prefix)
+                calls[id(conv)] = (conv, calls.get(id(conv), (conv, 0))[1] + 1)
+        return list(calls.values())
 
     def call(self, x, training=None):
         # In training (the branch exists only for training, unless msf_mode="ms_output")
@@ -74,15 +98,23 @@ class MultiScaleFusion(layers.Layer):
         # CPUs without native support for them (measured: the bf16 weight gradient then fails).
         direct = bool(training) and x.dtype == tf.float32 and onednn_enabled()
         out = x
+        computed = {}  # prefix of convolutions (by identity) -> its output; shares shared prefixes
         for convs in self.branches:
             y = x
-            for conv in convs:
-                y = direct_dilated_conv(conv, y) if direct and max(conv.dilation_rate) > 1 else conv(y)
+            for depth, conv in enumerate(convs, start=1):
+                prefix = tuple(id(c) for c in convs[:depth])
+                if prefix not in computed:
+                    dilated = direct and max(conv.dilation_rate) > 1
+                    computed[prefix] = direct_dilated_conv(conv, y) if dilated else conv(y)
+                y = computed[prefix]
             out = out + ops.relu(y)
         return out
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "shared_weights": self.shared_weights}
 
 
 @register

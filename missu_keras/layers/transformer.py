@@ -166,12 +166,17 @@ class TransformerLayer(layers.Layer):
     dropout, and an output projection with bias. FFN: Dense(mlp_dim) -> exact (erf)
     GELU -> Dropout -> Dense(E) -> Dropout.
 
+    ``double_output_dropout=True`` (``MISSUConfig.released_attention_dropout``) drops the
+    attention output twice, as the released code does: its ``proj_drop`` (at
+    ``attn_dropout_rate``), then the pre-norm wrapper's dropout (at ``dropout_rate``).
+
     ``(B, N, E)`` -> ``(B, N, E)``.
     """
 
     def __init__(self, num_heads, mlp_dim, dropout_rate=0.1, attn_dropout_rate=0.1,
-                 epsilon=1e-5, **kwargs):
+                 epsilon=1e-5, double_output_dropout=False, **kwargs):
         super().__init__(**kwargs)
+        self.double_output_dropout = bool(double_output_dropout)
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
         self.dropout_rate = dropout_rate
@@ -184,6 +189,10 @@ class TransformerLayer(layers.Layer):
         # (kept as a layer so checkpoints keep their seed-generator state).
         self.attn_dropout = layers.Dropout(attn_dropout_rate, dtype=p)
         self.proj_dropout = layers.Dropout(dropout_rate, dtype=p)
+        # The released SelfAttention's own proj_drop (only with double_output_dropout, so
+        # other checkpoints keep their layout).
+        self.released_proj_dropout = (layers.Dropout(attn_dropout_rate, dtype=p)
+                                      if self.double_output_dropout else None)
         self.mlp_dropout1 = layers.Dropout(dropout_rate, dtype=p)
         self.mlp_dropout2 = layers.Dropout(dropout_rate, dtype=p)
         self.qkv = self.proj = self.fc1 = self.fc2 = None
@@ -229,8 +238,10 @@ class TransformerLayer(layers.Layer):
         else:
             out = attention_core(q, k, v)
         out = ops.transpose(out, (0, 2, 1, 3))
-        out = ops.reshape(out, (batch, tokens, embed_dim))
-        return self.proj(out)
+        out = self.proj(ops.reshape(out, (batch, tokens, embed_dim)))
+        if self.released_proj_dropout is not None:
+            out = self.released_proj_dropout(out, training=training)
+        return out
 
     def call(self, x, training=None):
         x = x + self.proj_dropout(self.attention(self.norm1(x), training=training), training=training)
@@ -254,4 +265,5 @@ class TransformerLayer(layers.Layer):
             "dropout_rate": self.dropout_rate,
             "attn_dropout_rate": self.attn_dropout_rate,
             "epsilon": self.epsilon,
+            "double_output_dropout": self.double_output_dropout,
         }

@@ -49,7 +49,8 @@ class MISSUBackbone(keras.Model):
                  attn_dropout_rate=0.1, stem_dropout_rate=0.2, use_transformer=True,
                  msf_mode="local", self_distill=True, distill_weight=0.3,
                  num_skip_connections=3, teacher_stop_gradient=False, seg_loss="ce",
-                 **kwargs):
+                 attention_map_power=1.0, msf_shared_weights=False, released_stem_dropout=False,
+                 released_attention_dropout=False, **kwargs):
         cfg = MISSUConfig(
             image_size=image_size, in_channels=in_channels, num_classes=num_classes,
             base_width=base_width, embed_dim=embed_dim, num_heads=num_heads,
@@ -58,6 +59,9 @@ class MISSUBackbone(keras.Model):
             use_transformer=use_transformer, msf_mode=msf_mode, self_distill=self_distill,
             distill_weight=distill_weight, num_skip_connections=num_skip_connections,
             teacher_stop_gradient=teacher_stop_gradient, seg_loss=seg_loss,
+            attention_map_power=attention_map_power, msf_shared_weights=msf_shared_weights,
+            released_stem_dropout=released_stem_dropout,
+            released_attention_dropout=released_attention_dropout,
         )
         b, E = cfg.base_width, cfg.embed_dim
         widths = (b, 2 * b, 4 * b, 8 * b)
@@ -67,7 +71,8 @@ class MISSUBackbone(keras.Model):
         inputs = keras.Input(shape=(*cfg.image_size, cfg.in_channels), name="image")
 
         # Encoder (names follow the released code so the importer can map them).
-        x = InitConv(b, cfg.stem_dropout_rate, name="init_conv", dtype=policy)(inputs)
+        x = InitConv(b, cfg.stem_dropout_rate, dropout_at_inference=cfg.released_stem_dropout,
+                     name="init_conv", dtype=policy)(inputs)
         features = {}
         for stage, (width, depth) in enumerate(zip(widths, ENCODER_DEPTHS), start=1):
             if stage > 1:
@@ -86,15 +91,17 @@ class MISSUBackbone(keras.Model):
             t = layers.Dropout(cfg.dropout_rate, name="pe_dropout", dtype=policy)(t)
             for i in range(cfg.num_layers):
                 t = TransformerLayer(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate,
-                                     cfg.attn_dropout_rate, name=f"transformer_{i}",
-                                     dtype=policy)(t)
+                                     cfg.attn_dropout_rate,
+                                     double_output_dropout=cfg.released_attention_dropout,
+                                     name=f"transformer_{i}", dtype=policy)(t)
             z = layers.Reshape((h, w, d, E), name="from_tokens", dtype=policy)(t)
 
         # MSF branch (training-only unless ms_output): Abar_s, then the pyramid B_s.
         if cfg.msf_mode != "none":
             prev = None
             for s in (1, 2, 3):
-                abar = MultiScaleFusion(name=f"msf{s}", dtype=policy)(features[f"A{s}"])
+                abar = MultiScaleFusion(cfg.msf_shared_weights, name=f"msf{s}",
+                                        dtype=policy)(features[f"A{s}"])
                 if prev is None:
                     prev = abar
                 else:

@@ -62,7 +62,8 @@ class MISSU(keras.Model):
         super().__init__(name=name, trainable=trainable)
         self.backbone = MISSUBackbone(**self.config.to_dict(), name="backbone")
         self.sd_loss_fn = SelfDistillationLoss(
-            teacher_stop_gradient=self.config.teacher_stop_gradient, name="self_distillation"
+            teacher_stop_gradient=self.config.teacher_stop_gradient,
+            attention_power=self.config.attention_map_power, name="self_distillation"
         )
         self._seg_loss_fn = get_segmentation_loss(self.config.seg_loss)
         self.seg_loss_tracker = keras.metrics.Mean(name="seg_loss")

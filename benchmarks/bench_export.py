@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     overrides = {}
     if args.image_size and args.image_size != [0]:
         overrides["image_size"] = args.image_size[0] if len(args.image_size) == 1 else args.image_size
-    model = load_pretrained(args.preset, training_model=True, **overrides)
+    model = load_pretrained(args.preset, weights=None, training_model=True, **overrides)
     cfg = model.config
     inference = model.inference_model()
     params = int(inference.count_params())

@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from missu_keras.export_cli import export_main  # noqa: E402
+from missu_keras.cli.export import export_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(export_main())

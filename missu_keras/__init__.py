@@ -5,7 +5,9 @@
 ['brats', 'chaos', 'tiny']
 """
 
+import importlib as _importlib
 import os as _os
+import sys as _sys
 
 # TensorFlow turns its oneDNN kernels on by default only for CPUs with AVX-512 VNNI /
 # bf16 / AMX; on others (e.g. AVX2-only AMD EPYC) a 3D convolution then runs 3x slower
@@ -14,27 +16,53 @@ import os as _os
 # TF_ENABLE_ONEDNN_OPTS=0 to opt out, or =1 yourself before importing TensorFlow.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from missu_keras.config import MISSUConfig  # noqa: E402
-from missu_keras.labels import LabelConvention, get_label_convention
-from missu_keras.models import MISSU, MISSUBackbone
-from missu_keras import metrics as _metrics  # noqa: F401,E402 (registers RegionDice for .keras loading)
-from missu_keras.optimizers import paper_optimizer, poly_schedule
-from missu_keras.pretrained import load_pretrained
-from missu_keras.presets import get_preset_config, list_presets
-from missu_keras.saving import save_preset
-from missu_keras.version import __version__
+from missu_keras.version import __version__  # noqa: E402
 
-__all__ = [
-    "MISSU",
-    "MISSUBackbone",
-    "MISSUConfig",
-    "LabelConvention",
-    "get_label_convention",
-    "get_preset_config",
-    "list_presets",
-    "load_pretrained",
-    "paper_optimizer",
-    "poly_schedule",
-    "save_preset",
-    "__version__",
-]
+# The public API: name -> the module that defines it.
+_EXPORTS = {
+    "LabelConvention": "missu_keras.labels",
+    "MISSU": "missu_keras.models",
+    "MISSUBackbone": "missu_keras.models",
+    "MISSUConfig": "missu_keras.config",
+    "get_label_convention": "missu_keras.labels",
+    "get_preset_config": "missu_keras.presets",
+    "list_presets": "missu_keras.presets",
+    "load_pretrained": "missu_keras.pretrained",
+    "paper_optimizer": "missu_keras.optimizers",
+    "poly_schedule": "missu_keras.optimizers",
+    "publish": "missu_keras.weights.publishing",
+    "save_preset": "missu_keras.saving",
+}
+# Imported with the API: its Keras classes (RegionDice) must be registered before
+# keras.saving reads a training checkpoint that was compiled with them.
+_REGISTERS_KERAS_OBJECTS = ("missu_keras.metrics",)
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'missu_keras' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _load_api():
+    for module in _REGISTERS_KERAS_OBJECTS:
+        _importlib.import_module(module)
+    for name in _EXPORTS:
+        __getattr__(name)
+
+
+# `import missu_keras` loads the API (and TensorFlow) at once, so every custom Keras class
+# is registered and keras.saving.load_model reads our .keras files. The `missu-keras`
+# command is the exception: each command imports what it runs (missu_keras/cli/), so
+# `missu-keras --help` answers without loading TensorFlow.
+if _os.path.basename(_sys.argv[0] if _sys.argv else "") != "missu-keras":
+    _load_api()

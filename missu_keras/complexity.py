@@ -23,6 +23,7 @@ import math
 
 from keras import layers
 
+from missu_keras.compat import built_input_shape, flatten_layers
 from missu_keras.layers import MultiScaleFusion, TransformerLayer
 
 FLOPS_METHOD = (
@@ -32,29 +33,22 @@ FLOPS_METHOD = (
 )
 
 
-def _build_input_shape(layer):
-    shapes = getattr(layer, "_build_shapes_dict", None)
-    if not shapes:
-        raise ValueError(f"Layer {layer.name!r} is not built; build the model first")
-    return tuple(next(iter(shapes.values())))
-
-
 def layer_macs(layer) -> int:
     """MACs of one leaf layer at its built input size (0 for uncounted layer types)."""
     if isinstance(layer, layers.Conv3DTranspose):
-        in_shape = _build_input_shape(layer)
+        in_shape = built_input_shape(layer)
         k = math.prod(layer.kernel_size)
         return math.prod(in_shape[1:-1]) * k * in_shape[-1] * layer.filters
     if isinstance(layer, layers.Conv3D):
-        in_shape = _build_input_shape(layer)
+        in_shape = built_input_shape(layer)
         out_shape = layer.compute_output_shape(in_shape)
         k = math.prod(layer.kernel_size)
         return math.prod(out_shape[1:-1]) * k * in_shape[-1] * layer.filters // layer.groups
     if isinstance(layer, layers.Dense):
-        in_shape = _build_input_shape(layer)
+        in_shape = built_input_shape(layer)
         return math.prod(in_shape[1:-1]) * in_shape[-1] * layer.units
     if isinstance(layer, TransformerLayer):
-        return layer.attention_macs(_build_input_shape(layer))
+        return layer.attention_macs(built_input_shape(layer))
     return 0
 
 
@@ -64,7 +58,7 @@ def count_macs(model) -> int:
     seen = set()
     total = 0
     # Keras lists a layer before the layers inside it.
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in flatten_layers(model):
         if id(layer) in seen:
             continue
         seen.add(id(layer))

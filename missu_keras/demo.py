@@ -16,19 +16,20 @@ import shutil
 import time
 from pathlib import Path
 
+import keras
+
+from missu_keras.data.brats import find_brats_cases
+from missu_keras.data.synthetic import write_synthetic_brats
+from missu_keras.evaluation import evaluate
+from missu_keras.export import export_savedmodel
+from missu_keras.prediction import predict
+from missu_keras.training.run import train
+
 
 def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, epochs=10,
              steps_per_epoch=12, batch_size=2, seed=0, log=print):
     """Runs the demo into ``out`` and returns a report dict (also ``out/demo.json``):
     held-out Dice per region, the final loss, the seconds taken and the files written."""
-    import keras
-
-    from missu_keras import data
-    from missu_keras.evaluation import evaluate
-    from missu_keras.export import export_savedmodel
-    from missu_keras.prediction import predict
-    from missu_keras.training import train
-
     out = Path(out)
     t0 = time.time()
     raw, heldout = out / "data" / "train", out / "data" / "heldout"
@@ -36,9 +37,9 @@ def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, 
         f"to {out / 'data'}")
     if not (raw.exists() and heldout.exists()):
         shutil.rmtree(out / "data", ignore_errors=True)
-        data.write_synthetic_brats(raw, num_cases=train_cases + heldout_cases, seed=seed, shape=shape)
+        write_synthetic_brats(raw, num_cases=train_cases + heldout_cases, seed=seed, shape=shape)
         heldout.mkdir(parents=True)
-        for case in data.find_brats_cases(raw)[train_cases:]:
+        for case in find_brats_cases(raw)[train_cases:]:
             case.directory.rename(heldout / case.case_id)
 
     log(f"[2/5] training the tiny preset with self-distillation ({epochs} x {steps_per_epoch} "
@@ -55,7 +56,7 @@ def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, 
     _, summary = evaluate(out / "run", heldout, out / "evaluation", log=log)
 
     log("[4/5] predicting one held-out case to NIfTI in its original grid")
-    case = data.find_brats_cases(heldout)[0]
+    case = find_brats_cases(heldout)[0]
     pred_path = predict(case.directory, out / "predictions", out / "run", overwrite=True, log=log)[0]
 
     log("[5/5] exporting the inference-only SavedModel for TF-Serving (no MSF)")
@@ -75,17 +76,3 @@ def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, 
     (out / "demo.json").write_text(json.dumps(report, indent=2))
     log(json.dumps(report))
     return report
-
-
-def register(subparsers):
-    p = subparsers.add_parser("demo", help="synthetic data -> train -> evaluate -> predict -> export")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--steps-per-epoch", type=int, default=12)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_handle)
-
-
-def _handle(args) -> int:
-    run_demo(args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, seed=args.seed)
-    return 0

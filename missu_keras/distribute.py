@@ -21,6 +21,8 @@ import os
 import socket
 from typing import List, Optional, Sequence
 
+import tensorflow as tf
+
 
 def free_ports(n: int) -> List[int]:
     """``n`` TCP ports that are free on this machine now."""
@@ -55,8 +57,6 @@ def local_tf_configs(num_workers: int, ports: Optional[Sequence[int]] = None,
 def choose_strategy():
     """``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers,
     ``MirroredStrategy`` when several GPUs are visible, else the default strategy."""
-    import tensorflow as tf
-
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     cluster = tf_config.get("cluster", {})
     workers = sum(len(cluster.get(k, [])) for k in ("chief", "worker"))

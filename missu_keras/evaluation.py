@@ -6,15 +6,19 @@ std, median}}}``, ``convention.txt``).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from missu_keras.prediction import (add_inference_arguments, find_cases, load_segmenter,
-                                    reference_geometry, segmenter_kwargs)
+import numpy as np
+
+from missu_keras.data.io import write_nifti
+from missu_keras.metrics import CONVENTION, format_summary_table, score_case, summarize, write_scores
+from missu_keras.prediction import find_cases, load_segmenter, reference_geometry
 
 
-def evaluate(model, data, out, weights=None, layout: str = "auto",
+def evaluate(model, data, out, weights="published", layout: str = "auto",
              case_ids: Optional[Sequence[str]] = None, save_predictions: bool = False,
              skip_invalid: bool = False, log=print, **segmenter_kwargs):
     """Segments every labelled case under ``data`` and scores it against its ground truth.
@@ -33,25 +37,9 @@ def evaluate(model, data, out, weights=None, layout: str = "auto",
     Returns:
         ``(rows, summary)``: the per-case score dicts and `missu_keras.metrics.summarize`.
     """
-    import json
-
-    import nibabel as nib
-    import numpy as np
-
-    from missu_keras.metrics import CONVENTION, format_summary_table, score_case, summarize, write_scores
-
     segmenter = load_segmenter(model, weights=weights, **segmenter_kwargs)
     conv = segmenter.preprocessing.label_convention
-    cases = [c for c in find_cases([data], segmenter.preprocessing, layout=layout)
-             if c.has_seg]
-    if case_ids is not None:
-        wanted = set(case_ids)
-        unknown = sorted(wanted - {c.case_id for c in cases})
-        if unknown:
-            raise ValueError(f"cases {unknown} not found (with a segmentation) under {data}")
-        cases = [c for c in cases if c.case_id in wanted]
-    if not cases:
-        raise FileNotFoundError(f"{data}: no case with a ground-truth segmentation to evaluate")
+    cases = _labelled_cases(data, segmenter.preprocessing, layout, case_ids)
     out = Path(out)
     rows, skipped = [], []
     t0 = time.time()
@@ -68,13 +56,9 @@ def evaluate(model, data, out, weights=None, layout: str = "auto",
         row = {"case": case.case_id, **score_case(result.labels, loaded.labels, loaded.spacing, conv)}
         rows.append(row)
         if save_predictions:
-            pred_dir = out / "predictions"
-            pred_dir.mkdir(parents=True, exist_ok=True)
             affine, header = reference_geometry(case)
-            img = nib.Nifti1Image(result.labels.astype(np.uint8),
-                                  loaded.affine if affine is None else affine, header)
-            img.set_data_dtype(np.uint8)
-            nib.save(img, pred_dir / f"{case.case_id}.nii.gz")
+            write_nifti(out / "predictions" / f"{case.case_id}.nii.gz", result.labels.astype(np.uint8),
+                        loaded.affine if affine is None else affine, header)
         first = next(iter(k for k in row if k.endswith("_dice")))
         log(f"[{i + 1}/{len(cases)}] {case.case_id}: {first} {row[first]:.4f} "
             f"({time.time() - t0:.0f} s)")
@@ -90,26 +74,15 @@ def evaluate(model, data, out, weights=None, layout: str = "auto",
     return rows, summary
 
 
-def register(subparsers):
-    p = subparsers.add_parser(
-        "evaluate", help="segment labelled cases and score them (Dice, HD95, ...)",
-        description="Segments every case with a ground truth under DATA and writes cases.csv, "
-                    "summary.json and convention.txt to --out.")
-    p.add_argument("data", help="folder of labelled cases (BraTS or CHAOS)")
-    p.add_argument("--out", required=True, help="output folder")
-    add_inference_arguments(p)
-    p.add_argument("--cases", nargs="+", help="only these case ids")
-    p.add_argument("--save-predictions", action="store_true",
-                   help="also write predictions/<case>.nii.gz")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="leave out cases that fail validation instead of stopping")
-    p.set_defaults(func=_handle)
-    return p
-
-
-def _handle(args) -> int:
-    evaluate(args.model, args.data, args.out, weights=args.weights, layout=args.layout,
-             case_ids=args.cases, save_predictions=args.save_predictions,
-             skip_invalid=args.skip_invalid, **segmenter_kwargs(args))
-    return 0
-
+def _labelled_cases(data, preprocessing, layout: str, case_ids: Optional[Sequence[str]]):
+    """The cases under ``data`` with a ground truth (only ``case_ids`` when given)."""
+    cases = [c for c in find_cases([data], preprocessing, layout=layout) if c.has_seg]
+    if case_ids is not None:
+        wanted = set(case_ids)
+        unknown = sorted(wanted - {c.case_id for c in cases})
+        if unknown:
+            raise ValueError(f"cases {unknown} not found (with a segmentation) under {data}")
+        cases = [c for c in cases if c.case_id in wanted]
+    if not cases:
+        raise FileNotFoundError(f"{data}: no case with a ground-truth segmentation to evaluate")
+    return cases

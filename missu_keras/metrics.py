@@ -128,6 +128,27 @@ def surface_distances(
     return to_gt[pred_surface], to_pred[gt_surface]
 
 
+def _dice_from_counts(overlap: int, n_pred: int, n_gt: int) -> float:
+    # Both empty: 1 (they agree); one empty: 0 (see CONVENTION).
+    return 1.0 if n_pred + n_gt == 0 else 2.0 * overlap / (n_pred + n_gt)
+
+
+def dice_score(pred, gt) -> float:
+    """Dice of two binary masks of the same shape, with the empty-mask rule of
+    `CONVENTION` (both empty: 1; one empty: 0). `binary_metrics` gives the same value.
+
+    >>> dice_score([1, 1, 0, 0], [1, 0, 0, 0]), dice_score([0, 0], [0, 0])
+    (0.6666666666666666, 1.0)
+    """
+    pred = np.asarray(pred).astype(bool, copy=False)
+    gt = np.asarray(gt).astype(bool, copy=False)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction and ground truth must have the same shape; received: "
+                         f"pred {pred.shape}, gt {gt.shape}")
+    return _dice_from_counts(int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred)),
+                             int(np.count_nonzero(gt)))
+
+
 def _ratio_or_agreement(num: int, den: int, agree: bool) -> float:
     # 0/0: 1 when the prediction agrees with the (degenerate) GT, else 0 (see CONVENTION).
     if den == 0:
@@ -160,12 +181,12 @@ def binary_metrics(pred, gt, spacing: Sequence[float]) -> Dict[str, float]:
     fp, fn = n_pred - tp, n_gt - tp
     tn = gt.size - tp - fp - fn
 
+    dice = _dice_from_counts(tp, n_pred, n_gt)
     if n_pred == 0 and n_gt == 0:
-        dice, hd95, hd = 1.0, 0.0, 0.0
+        hd95, hd = 0.0, 0.0
     elif n_pred == 0 or n_gt == 0:
-        dice, hd95, hd = 0.0, EMPTY_MASK_DISTANCE_MM, EMPTY_MASK_DISTANCE_MM
+        hd95, hd = EMPTY_MASK_DISTANCE_MM, EMPTY_MASK_DISTANCE_MM
     else:
-        dice = 2.0 * tp / (n_pred + n_gt)
         pred_to_gt, gt_to_pred = surface_distances(pred, gt, spacing)
         hd95 = max(np.percentile(pred_to_gt, HD_PERCENTILE),
                    np.percentile(gt_to_pred, HD_PERCENTILE))

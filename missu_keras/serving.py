@@ -32,12 +32,17 @@ array([[0, 4],
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+from missu_keras.data.brats import BRATS_MODALITIES, find_brats_cases
+from missu_keras.data.io import read_nifti_header, write_nifti
 
 # dtypes of the exported signatures' inputs and outputs (`missu_keras.export`).
 TENSOR_DTYPES = {"image": "float32", "volume": "float32", "probabilities": "float32",
@@ -200,7 +205,7 @@ def rest_predict(server: str, inputs: Union[Arrays, np.ndarray], model_name: str
 
 def _serving_apis():
     try:
-        from tensorflow_serving.apis import predict_pb2
+        from tensorflow_serving.apis import predict_pb2  # the optional "serving" extra
     except ImportError as err:
         raise ImportError(
             "gRPC requests need tensorflow-serving-api: pip install \"missu-keras[serving]\" "
@@ -215,7 +220,7 @@ def grpc_request(inputs: Union[Arrays, np.ndarray], model_name: str = "missu",
 
     Arrays are cast to the exported dtypes (``image`` / ``volume`` float32).
     """
-    import tensorflow as tf
+    import tensorflow as tf  # gRPC only: the REST client needs no TensorFlow
 
     predict_pb2 = _serving_apis()
     if not isinstance(inputs, Mapping):
@@ -233,7 +238,7 @@ def grpc_request(inputs: Union[Arrays, np.ndarray], model_name: str = "missu",
 def parse_grpc_response(response) -> Dict[str, np.ndarray]:
     """``{output name: array}`` from a ``PredictResponse`` (or a ``PredictRequest``'s
     inputs, for checking what is sent)."""
-    import tensorflow as tf
+    import tensorflow as tf  # gRPC only: the REST client needs no TensorFlow
 
     tensors = response.outputs if hasattr(response, "outputs") else response.inputs
     return {name: tf.make_ndarray(proto) for name, proto in tensors.items()}
@@ -242,10 +247,10 @@ def parse_grpc_response(response) -> Dict[str, np.ndarray]:
 def grpc_predict(target: str, request, timeout: float = 600.0) -> Dict[str, np.ndarray]:
     """Sends a `grpc_request` to ``target`` (``"host:8500"``) and parses the answer.
     Message size limits are lifted (whole volumes are far above gRPC's 4 MB default)."""
-    import grpc
+    import grpc  # the optional "serving" extra
 
     _serving_apis()
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc  # the optional "serving" extra
 
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     with grpc.insecure_channel(target, options=options) as channel:
@@ -272,13 +277,6 @@ def segment_case_rest(case_dir, server: str, out_path, model_name: str = "missu"
     Returns:
         The labels array ``(H, W, D)``.
     """
-    import dataclasses
-    from pathlib import Path
-
-    import nibabel as nib
-
-    from missu_keras.data.brats import BRATS_MODALITIES, find_brats_cases
-
     out_path = Path(out_path)
     if out_path.exists():
         raise FileExistsError(f"{out_path} already exists; remove it or choose another --out")
@@ -299,11 +297,8 @@ def segment_case_rest(case_dir, server: str, out_path, model_name: str = "missu"
     if labels.shape != loaded.image.shape[:3]:
         raise RuntimeError(f"the server returned labels of shape {labels.shape} for a volume "
                            f"of shape {loaded.image.shape[:3]}")
-    reference = nib.load(str(case.reference_path))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    header = reference.header.copy()
-    header.set_data_dtype(np.uint8)
-    nib.save(nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header), str(out_path))
+    _, affine, reference = read_nifti_header(case.reference_path)
+    write_nifti(out_path, labels.astype(np.uint8), affine, reference.header)
     if log:
         log(f"wrote {out_path} (labels {sorted(np.unique(labels).tolist())})")
     return labels

@@ -22,3 +22,12 @@ def check_layer_config_roundtrip(layer, inputs):
         out2 = clone(*inputs) if isinstance(inputs, tuple) else clone(inputs)
     np.testing.assert_allclose(np.asarray(out), np.asarray(out2), atol=1e-6)
     return out
+
+
+def run_command(argv):
+    """A ``missu-keras`` command through the real parser, its errors raised (``main``
+    turns them into one line and exit code 2)."""
+    from missu_keras.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return args.func(args)

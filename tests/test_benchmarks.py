@@ -81,3 +81,18 @@ def test_profile_step_tiny_forward(capsys):
     assert out["op_seconds"] and all(v >= 0 for v in out["op_seconds"].values())
     assert any("Conv3D" in name for name in out["op_seconds"])  # the convolutions were traced
     assert out["live_at_peak_bytes"] and out["allocator_peak_bytes"] > 0
+
+
+def test_bench_data_small(capsys):
+    """benchmarks/bench_data.py: synthetic writing, cache building and crop rates, as a
+    table and a JSON line (small shapes; the timings themselves are not tested)."""
+    spec = importlib.util.spec_from_file_location("bench_data", REPO / "benchmarks" / "bench_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--cases", "1", "--crops", "2", "--patch", "16", "--batch", "1",
+                        "--shape", "24", "24", "16"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    out = json.loads(lines[-1])
+    assert out["shape"] == [24, 24, 16] and out["num_crops"] == 2
+    assert all(out[k] > 0 for k in ("synthetic_cases_per_second", "cases_per_second", "crops_per_second"))
+    assert "write synthetic BraTS cases" in "\n".join(lines[:-1])

@@ -23,3 +23,26 @@ def test_summary_brats_matches_the_hand_count(capsys):
 def test_unknown_preset_is_a_clear_error(capsys):
     assert main(["summary", "--preset", "kits"]) == 2
     assert "Accepted presets" in capsys.readouterr().err
+
+
+def test_export_set_parses_booleans_and_builds_no_transformer(tmp_path):
+    """`--set use_transformer=False` (YAML reading: a boolean) exports a network without
+    the Transformer; the string "False" once passed as truthy."""
+    import tensorflow as tf
+
+    from missu_keras.export import read_export_metadata
+
+    assert main(["export", "--preset", "tiny", "--weights", "none", "--image-size", "32",
+                 "--set", "embed_dim=32", "--set", "use_transformer=False",
+                 "--out", str(tmp_path)]) == 0
+    meta = read_export_metadata(tmp_path / "missu" / "1")
+    assert meta["model_config"]["use_transformer"] is False
+    loaded = tf.saved_model.load(str(tmp_path / "missu" / "1"))
+    names = [v.name for v in loaded.variables]
+    assert names and not [n for n in names if "transformer" in n or "position" in n], names
+
+
+def test_a_wrong_setting_is_one_line_naming_it(capsys):
+    assert main(["summary", "--preset", "tiny", "--set", "use_transformer=maybe"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use_transformer must be true or false" in err and "'maybe'" in err

@@ -1,4 +1,5 @@
-"""The README's main job runs end to end (shortened: 1 epoch of 2 steps)."""
+"""The README's main job runs end to end, as documented: its default length (10 x 12
+steps, about 2.5 minutes on 2 cores) and the held-out quality the README states."""
 
 import json
 
@@ -7,10 +8,10 @@ import nibabel as nib
 from missu_keras.cli import main
 
 
-def test_demo_writes_every_artifact(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "2"]) == 0
+def test_demo_writes_every_artifact_and_reaches_the_documented_quality(tmp_path):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "demo.json").read_text())
-    assert 0.0 <= report["wt_dice"] <= 1.0
+    assert report["wt_dice"] >= 0.80, report  # README: held-out WT Dice 0.97
     summary = json.loads((tmp_path / "evaluation" / "summary.json").read_text())
     assert set(summary) == {"WT", "TC", "ET"} and set(summary["WT"]["dice"]) == {"mean", "std", "median"}
     pred = nib.load(report["prediction"])

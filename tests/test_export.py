@@ -7,7 +7,6 @@ so ``saved_model_cli run`` (the same graph-mode SavedModel loader TF-Serving use
 small HTTP server that answers like TF-Serving's REST API stand in for the server.
 """
 
-import argparse
 import dataclasses
 import http.server
 import json
@@ -24,15 +23,15 @@ import pytest
 import tensorflow as tf
 
 import missu_keras
-from missu_keras import export_cli
 from missu_keras.data import find_brats_cases, preprocess_case, restore_labels, write_synthetic_brats
 from missu_keras.data.preprocessing import PreprocessingConfig, foreground_box, pad_to_multiple
 from missu_keras.data.validation import LoadedCase
-from missu_keras.export import (METADATA_ASSET, _window_starts, export_savedmodel,
-                                make_segment_volume_fn, next_version, read_export_metadata)
-from missu_keras.inference import SlidingWindowInferer, window_starts
+from missu_keras.export import (METADATA_ASSET, export_savedmodel, next_version,
+                                read_export_metadata)
+from missu_keras.inference import SlidingWindowInferer, segment_volume
 from missu_keras.presets import get_preset_preprocessing
 from tests.conftest import REPO, TINY
+from tests.helpers import run_command
 
 PATCH = 32
 CASE_SHAPE = (48, 48, 40)
@@ -121,7 +120,7 @@ def test_layout_metadata_and_log(exported):
     assert meta["patch_size"] == [PATCH] * 3
     assert meta["modalities"] == ["flair", "t1ce", "t1", "t2"]
     assert meta["label_map"] == {"0": 0, "1": 1, "2": 2, "3": 4}
-    assert meta["preprocessing"] == model.preprocessing
+    assert meta["preprocessing"] == model.preprocessing.to_dict()
     assert meta["preprocessing_source"] == "model"
     assert meta["missu_keras_version"] == missu_keras.__version__
     assert meta["msf_in_graph"] is False and meta["msf_layers"] == []
@@ -232,8 +231,7 @@ def test_loads_and_runs_in_a_fresh_process_without_missu_keras(exported, case, t
     assert report == {"modalities": ["flair", "t1ce", "t1", "t2"], "modules": []}
     np.testing.assert_allclose(np.load(tmp_path / "probabilities.npy"),
                                model.inference_model().predict(x, verbose=0), atol=1e-5)
-    expected = python_labels(model.inference_model(), case[1],
-                             PreprocessingConfig.from_dict(model.preprocessing))
+    expected = python_labels(model.inference_model(), case[1], model.preprocessing)
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), expected)
 
 
@@ -241,8 +239,7 @@ def test_segment_volume_equals_the_python_path(exported, served, case):
     model, _, _ = exported
     loaded = case[1]
     assert loaded.image.shape == (*CASE_SHAPE, 4)
-    expected = python_labels(model.inference_model(), loaded,
-                             PreprocessingConfig.from_dict(model.preprocessing))
+    expected = python_labels(model.inference_model(), loaded, model.preprocessing)
     got = served.signatures["segment_volume"](volume=tf.constant(loaded.image))["labels"].numpy()
     assert got.dtype == np.int32 and got.shape == CASE_SHAPE
     assert set(np.unique(got).tolist()) <= {0, 1, 2, 4}
@@ -277,16 +274,32 @@ def test_bad_inputs_say_what_was_expected(served, signature, value, pattern):
         getattr(served, signature)(value)
 
 
+@pytest.mark.parametrize("signature,bad", [("serving_default", np.nan), ("serving_default", np.inf),
+                                           ("segment_volume", np.nan), ("segment_volume", -np.inf)])
+def test_non_finite_input_fails_with_an_error_status(served, case, signature, bad):
+    # Before issue 13, segment_volume answered an all-background volume for a NaN voxel.
+    if signature == "serving_default":
+        name, value = "image", np.ones((1, PATCH, PATCH, PATCH, 4), np.float32)
+    else:
+        name, value = "volume", case[1].image.copy()
+    value[(0,) * (value.ndim - 1) + (1,)] = bad  # one voxel, one channel
+    value[(slice(None),) * (value.ndim - 4) + (20, 20, 20, 2)] = bad  # and one inside the brain
+    pattern = f"{signature}: {name} holds NaN or Inf values"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        served.signatures[signature](**{name: tf.constant(value)})
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        getattr(served, signature)(tf.constant(value))
+
+
 # ----------------------------------------------------- the in-graph pipeline, alone --
 
 
-@pytest.mark.parametrize("size", [8, 16, 17, 31, 32, 33, 47, 48, 100, 155, 240])
-@pytest.mark.parametrize("roi,overlap", [(8, 0.5), (16, 0.25), (32, 0.5), (32, 0.0), (128, 0.5)])
-def test_window_starts_match_the_python_inferer(size, roi, overlap):
-    if size < roi:
-        size = roi  # the graph pads short axes to the window first
-    assert _window_starts(tf.constant(size), roi, overlap).numpy().tolist() == \
-        window_starts(size, roi, overlap)
+def graph_pipeline(net, prep, sw_batch_size=1, pad=False):
+    """`missu_keras.inference.segment_volume` in a tf.function, as the export runs it."""
+    inferer = SlidingWindowInferer(prep.patch_size, overlap=0.5, sw_batch_size=sw_batch_size)
+    return tf.function(lambda volume: segment_volume(
+        volume, lambda x: net(x, training=False), prep, inferer, num_classes=4,
+        pad_to_multiple=pad)["labels"])
 
 
 @pytest.fixture(scope="module")
@@ -314,9 +327,7 @@ def test_in_graph_preprocessing_and_window_equal_numpy(small_net, shape, setting
     inside = tuple(slice(2, s - 3) for s in shape)
     volume[inside] = rng.uniform(1, 900, volume[inside].shape).round()
     volume[inside][..., 1] *= rng.uniform(0, 1, volume[inside].shape[:3]) > 0.3  # holes in one channel
-    segment = tf.function(make_segment_volume_fn(
-        lambda x: small_net(x, training=False), prep, (16, 16, 8), 4, overlap=0.5,
-        sw_batch_size=3, pad_to_multiple=pad))
+    segment = graph_pipeline(small_net, prep, sw_batch_size=3, pad=pad)
     got = segment(tf.constant(volume)).numpy()
     loaded = LoadedCase("case", volume, None, np.eye(4), (1.0, 1.0, 1.0), prep.modalities, "brats")
     expected = python_labels(small_net, loaded, prep, sw_batch_size=3, pad=pad)
@@ -326,8 +337,7 @@ def test_in_graph_preprocessing_and_window_equal_numpy(small_net, shape, setting
 
 def test_in_graph_pipeline_on_an_empty_volume(small_net):
     prep = PreprocessingConfig.brats(patch_size=(16, 16, 8))
-    segment = tf.function(make_segment_volume_fn(lambda x: small_net(x, training=False), prep,
-                                                 (16, 16, 8), 4))
+    segment = graph_pipeline(small_net, prep)
     volume = np.zeros((20, 18, 9, 4), np.float32)
     loaded = LoadedCase("case", volume, None, np.eye(4), (1.0, 1.0, 1.0), prep.modalities, "brats")
     np.testing.assert_array_equal(segment(tf.constant(volume)).numpy(),
@@ -371,10 +381,7 @@ def test_ms_output_keeps_the_msf_and_says_so(tmp_path):
 
 
 def run_cli(argv):
-    parser = argparse.ArgumentParser(prog="missu-keras")
-    export_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_command(argv)
 
 
 def test_export_command_and_script_keep_versions(tmp_path, capsys):
@@ -385,13 +392,13 @@ def test_export_command_and_script_keep_versions(tmp_path, capsys):
     assert (tmp_path / "out" / "missu" / "1" / "keep.txt").exists()  # never overwritten
     assert (tmp_path / "out" / "missu" / "2" / "saved_model.pb").is_file()
     assert "exported 'missu' version 2" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="already exists"):
+    with pytest.raises(FileExistsError, match="already exists"):
         run_cli(["export", "--preset", str(preset_dir), "--out", str(tmp_path / "out"),
                  "--version", "2"])
     # The stand-alone script, told to overwrite version 1.
     script = REPO / "export" / "export_savedmodel.py"
     run = subprocess.run(
-        [sys.executable, str(script), "--preset", "tiny", "--image-size", "32",
+        [sys.executable, str(script), "--preset", "tiny", "--weights", "none", "--image-size", "32",
          "--set", "embed_dim=32", "--set", "num_layers=1", "--out", str(tmp_path / "out"),
          "--version", "1", "--overwrite", "--name", "missu"],
         capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300)
@@ -467,15 +474,14 @@ def test_serve_request_writes_the_labels_in_the_original_grid(exported, case, re
     np.testing.assert_array_equal(written.affine, reference.affine)
     labels = np.asarray(written.dataobj)
     assert labels.dtype == np.uint8 and labels.shape == CASE_SHAPE
-    expected = python_labels(model.inference_model(), loaded,
-                             PreprocessingConfig.from_dict(model.preprocessing))
+    expected = python_labels(model.inference_model(), loaded, model.preprocessing)
     np.testing.assert_array_equal(labels, expected)
     assert "wrote" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="already exists"):  # never overwrites
+    with pytest.raises(FileExistsError, match="already exists"):  # never overwrites
         run_cli(["serve-request", str(found.directory), "--server", rest_server, "--out", str(out)])
 
 
 def test_serve_request_reports_an_unreachable_server(case, tmp_path):
-    with pytest.raises(ValueError, match="cannot reach TF-Serving at http://127.0.0.1:9/"):
+    with pytest.raises(ConnectionError, match="cannot reach TF-Serving at http://127.0.0.1:9/"):
         run_cli(["serve-request", str(case[0].directory), "--server", "127.0.0.1:9",
                  "--out", str(tmp_path / "x.nii.gz"), "--timeout", "5"])

@@ -1,13 +1,16 @@
 """SlidingWindowInferer on predictors whose whole-volume answer is known."""
 
 import itertools
+import math
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from missu_keras.inference import (MIN_IMPORTANCE, SlidingWindowInferer, importance_map,
-                                   rebuild_with_dtype_policy, window_starts)
+                                   rebuild_with_dtype_policy, sliding_window_inference,
+                                   window_starts, window_starts_tensor)
 
 
 def threshold_one_hot(x):
@@ -212,3 +215,64 @@ def test_bad_calls_raise_naming_the_value():
         inferer(lambda x: [x, x], np.zeros((10, 10, 10, 1), "float32"))
     with pytest.raises(ValueError, match=r"received: int"):
         inferer(3, np.zeros((10, 10, 10, 1), "float32"))
+
+
+# ------------------------------------------------- the TF implementation itself --
+
+
+def reference_window_starts(size, roi, overlap):
+    """The placement rule written out in Python (nnU-Net's): the spec the TF code meets."""
+    if size <= roi:
+        return [0]
+    target_step = max(1, int(roi * (1.0 - overlap)))
+    num = int(math.ceil((size - roi) / target_step)) + 1
+    step = (size - roi) / (num - 1)
+    return sorted({int(round(i * step)) for i in range(num)})
+
+
+@pytest.mark.parametrize("size", [8, 16, 17, 31, 32, 33, 47, 48, 100, 155, 240])
+@pytest.mark.parametrize("roi,overlap", [(8, 0.5), (16, 0.25), (32, 0.5), (32, 0.0), (128, 0.5)])
+def test_window_starts_in_a_graph_follow_the_rule(size, roi, overlap):
+    if size < roi:
+        size = roi  # the sliding window pads short axes to the window first
+    starts = tf.function(lambda n: window_starts_tensor(n, roi, overlap))
+    expected = reference_window_starts(size, roi, overlap)
+    assert starts(tf.constant(size)).numpy().tolist() == expected  # dynamic size
+    assert window_starts(size, roi, overlap) == expected
+
+
+def test_the_numpy_entry_point_and_the_graph_function_agree():
+    """`SlidingWindowInferer.__call__` (a Keras model: one tf.function; a plain callable:
+    eagerly) and `sliding_window_inference` traced with dynamic shapes give the same
+    float32 result."""
+    inputs = keras.Input((8, 8, 8, 2))
+    model = keras.Model(inputs, keras.layers.Conv3D(3, 3, padding="same", activation="softmax")(inputs))
+    vol = volume((19, 13, 10, 2), seed=3)
+    inferer = SlidingWindowInferer(8, overlap=0.5, sw_batch_size=3, flip_tta=True)
+    graph = tf.function(lambda v: sliding_window_inference(
+        v, 8, 3, lambda x: model(x, training=False), overlap=0.5, flip_tta=True, num_classes=3),
+        input_signature=[tf.TensorSpec([None, None, None, 2], tf.float32)])
+    expected = graph(tf.constant(vol)).numpy()
+    np.testing.assert_array_equal(inferer(model, vol), expected)
+    eager = inferer(lambda x: model(x, training=False), vol)
+    np.testing.assert_allclose(eager, expected, atol=1e-6)
+
+
+def test_window_slices_follow_the_loop_order():
+    inferer = SlidingWindowInferer((8, 6, 4), overlap=0.5)
+    slices = inferer.window_slices((19, 13, 9))
+    starts = [reference_window_starts(s, r, 0.5) for s, r in zip((19, 13, 9), (8, 6, 4))]
+    assert [tuple(s.start for s in win) for win in slices] == list(itertools.product(*starts))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_volume_is_refused(bad):
+    vol = volume((12, 10, 9, 2))
+    vol[3, 4, 5, 1] = bad
+    inputs = keras.Input((8, 8, 8, 2))
+    model = keras.Model(inputs, keras.layers.Conv3D(2, 1, activation="softmax")(inputs))
+    for predictor in (model, threshold_one_hot):
+        with pytest.raises(ValueError, match=r"volume of shape \(12, 10, 9, 2\) holds NaN or Inf"):
+            SlidingWindowInferer(8)(predictor, vol)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sliding-window input holds NaN or Inf"):
+        sliding_window_inference(tf.constant(vol), 8, 1, threshold_one_hot)

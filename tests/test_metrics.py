@@ -233,13 +233,21 @@ def test_region_dice_sample_weight_and_config_round_trip():
         RegionDice((-1,))
 
 
-def test_region_dice_in_fit():
-    inputs = keras.Input((4, 4, 4, 1))
-    probs = keras.layers.Conv3D(2, 1, activation="softmax")(inputs)
+def test_region_dice_in_fit_equals_binary_metrics():
+    """Inside ``fit`` the metric reports the Dice of the step's own predictions over the
+    batch, as `binary_metrics` computes it on the same predictions (learning rate 0, so
+    the step does not move them; one batch of two samples, one step)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 6, 1))
+    probs = keras.layers.Conv3D(3, 1, activation="softmax")(inputs)
     model = keras.Model(inputs, probs)
-    model.compile("sgd", "sparse_categorical_crossentropy",
-                  metrics=[RegionDice((1,), name="dice_fg")])
-    x = np.random.default_rng(0).normal(size=(2, 4, 4, 4, 1)).astype("float32")
-    y = (x[..., 0] > 0).astype("int32")
-    history = model.fit(x, y, epochs=1, verbose=0)
-    assert 0.0 <= history.history["dice_fg"][0] <= 1.0
+    model.compile(keras.optimizers.SGD(learning_rate=0.0), "sparse_categorical_crossentropy",
+                  metrics=[RegionDice((1, 2), name="dice_fg")])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 6, 6, 1)).astype("float32")
+    y = rng.integers(0, 3, size=(2, 6, 6, 6)).astype("int32")
+    predicted = np.argmax(model.predict(x, verbose=0), axis=-1)
+    expected = binary_metrics(np.isin(predicted, (1, 2)), np.isin(y, (1, 2)), (1, 1, 1, 1))["dice"]
+    assert 0.05 < expected < 0.95  # a non-trivial value, so agreement means something
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert history.history["dice_fg"][0] == pytest.approx(expected, rel=1e-6)

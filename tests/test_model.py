@@ -24,7 +24,7 @@ def batch(n=2, size=32, channels=4, classes=4):
     "overrides, message",
     [
         ({"image_size": 36}, r"divisible by 8.*image_size=\(36, 36, 36\)"),
-        ({"image_size": (32, 32)}, "3-tuple"),
+        ({"image_size": (32, 32)}, r"image_size must be an integer or a list of 3 values.*\(32, 32\)"),
         ({"embed_dim": 30, "num_heads": 8}, "embed_dim=30, num_heads=8"),
         ({"dropout_rate": 1.5}, r"dropout_rate=1.5"),
         ({"attn_dropout_rate": -0.1}, r"attn_dropout_rate=-0.1"),
@@ -157,7 +157,7 @@ def test_config_roundtrip_through_json():
     model = MISSU.from_preset("tiny", **TINY, msf_mode="ms_output", num_skip_connections=2,
                               preprocessing=pre)
     config = json.loads(json.dumps(model.get_config()))
-    assert PreprocessingConfig.from_dict(MISSU.from_config(config).preprocessing) == PreprocessingConfig.brats()
+    assert MISSU.from_config(config).preprocessing == PreprocessingConfig.brats()
     clone = MISSU.from_config(config)
     assert clone.get_config() == model.get_config()
     backbone_config = json.loads(json.dumps(model.backbone.get_config()))
@@ -281,4 +281,4 @@ def test_preprocessing_contract_survives_keras_save(tmp_path):
     model = MISSU.from_preset("tiny", **TINY, preprocessing=PreprocessingConfig.brats().to_dict())
     model.save(tmp_path / "m.keras")
     reloaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
-    assert PreprocessingConfig.from_dict(reloaded.preprocessing) == PreprocessingConfig.brats()
+    assert reloaded.preprocessing == PreprocessingConfig.brats()

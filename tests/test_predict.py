@@ -136,3 +136,32 @@ def test_prediction_ignores_a_broken_ground_truth(setup, tmp_path):
     bad = dataclasses.replace(loaded, labels=np.full(loaded.labels.shape, 7, np.uint8))
     labels = Segmenter.from_model(model).segment(bad).labels
     assert labels.shape == SHAPE
+
+
+@pytest.mark.parametrize("bad,kind", [(np.nan, "NaN"), (np.inf, "Inf"), (-np.inf, "Inf")])
+def test_segmenter_refuses_a_non_finite_image_naming_the_case(setup, bad, kind):
+    """The same in-graph check as the SavedModel's signatures (tests/test_export.py),
+    turned into a ValueError naming the case and its files."""
+    root, model, _ = setup
+    case = find_brats_cases(root / "data")[0]
+    loaded = case.load()
+    image = loaded.image.copy()
+    image[5, 6, 7, 2] = bad
+    with pytest.raises(ValueError, match=rf"case '{case.case_id}' \(.*flair.*\): image holds NaN "
+                                         rf"or Inf values \(found {kind}\)"):
+        Segmenter.from_model(model).segment(dataclasses.replace(loaded, image=image))
+
+
+def test_predict_refuses_a_non_finite_file_naming_it(setup, tmp_path):
+    root, _, _ = setup
+    case = find_brats_cases(root / "data")[0]
+    broken = tmp_path / "data" / case.case_id
+    shutil.copytree(case.directory, broken)
+    path = broken / case.image_paths["t1"].name
+    img = nib.load(path)
+    data = np.asarray(img.dataobj, np.float32)
+    data[10, 10, 10] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), path)
+    with pytest.raises(ValueError, match=rf"{path}.*non-finite.*NaN"):
+        missu_keras.prediction.predict(broken, tmp_path / "out", root / "model.keras", log=None)
+    assert not (tmp_path / "out" / f"{case.case_id}.nii.gz").exists()

@@ -12,6 +12,7 @@ import pytest
 
 import missu_keras
 from missu_keras import MISSU, presets
+from missu_keras.data import PreprocessingConfig
 from missu_keras.presets import get_preset_preprocessing
 from missu_keras.pretrained import load_pretrained
 from tests.conftest import TINY
@@ -75,12 +76,13 @@ def test_published_weights_say_none_exist_and_list_the_alternatives(name):
 
 
 def test_training_model_carries_the_preset_preprocessing():
-    model = load_pretrained("tiny", training_model=True, **TINY)
+    model = load_pretrained("tiny", weights=None, training_model=True, **TINY)
     assert isinstance(model, MISSU)
-    assert model.preprocessing == get_preset_preprocessing("tiny", patch_size=32)
-    chaos = load_pretrained("chaos", training_model=True, image_size=[32, 32, 16], embed_dim=32,
-                            num_layers=1, mlp_dim=64, base_width=8)
-    assert chaos.preprocessing["dataset"] == "chaos" and chaos.preprocessing["patch_size"] == [32, 32, 16]
+    assert model.preprocessing == PreprocessingConfig.from_dict(
+        get_preset_preprocessing("tiny", patch_size=32))
+    chaos = load_pretrained("chaos", weights=None, training_model=True, image_size=[32, 32, 16],
+                            embed_dim=32, num_layers=1, mlp_dim=64, base_width=8)
+    assert chaos.preprocessing.dataset == "chaos" and chaos.preprocessing.patch_size == (32, 32, 16)
 
 
 # ---------------------------------------------------------------- downloads ---------
@@ -143,7 +145,7 @@ def test_saved_preset_folder_round_trip(trained, tmp_path):
         "config.json", "metadata.json", "model.weights.h5", "preprocessing.json"]
     config = json.loads((folder / "config.json").read_text())
     assert config["class_name"] == "MISSU" and config["config"] == model.config.to_dict()
-    assert json.loads((folder / "preprocessing.json").read_text()) == model.preprocessing
+    assert json.loads((folder / "preprocessing.json").read_text()) == model.preprocessing.to_dict()
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["parameter_count"] == model.count_params()
     assert meta["missu_keras_version"] == missu_keras.__version__

@@ -1,6 +1,5 @@
 """``missu-keras score`` on small NIfTI files written in tmp_path."""
 
-import argparse
 import csv
 import hashlib
 import json
@@ -9,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from missu_keras import scoring_cli
+from missu_keras import scoring
+from missu_keras.cli import main
 from missu_keras.metrics import EMPTY_MASK_DISTANCE_MM, METRIC_NAMES, score_case
 
 SPACING = (1.0, 1.5, 2.0)
@@ -34,10 +34,7 @@ def brats_labels(shift=0, with_et=True):
 
 
 def run(argv):
-    parser = argparse.ArgumentParser(prog="missu-keras")
-    scoring_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def digests(root):
@@ -160,7 +157,7 @@ def test_index_segmentations_layouts(tmp_path):
     save(tmp_path / "flat" / "E.nii.gz", seg)
     save(tmp_path / "flat" / "E_prob.nii.gz", seg)
     (tmp_path / "flat" / "notes.txt").write_text("not a volume")
-    found = scoring_cli.index_segmentations(tmp_path)
+    found = scoring.index_segmentations(tmp_path)
     assert {k: v.relative_to(tmp_path).as_posix() for k, v in found.items()} == {
         "A": "HGG/A/A_seg.nii.gz",
         "BraTS-GLI-00000-000": "BraTS-GLI-00000-000/BraTS-GLI-00000-000-seg.nii.gz",
@@ -170,6 +167,6 @@ def test_index_segmentations_layouts(tmp_path):
     }
     save(tmp_path / "flat" / "E_seg.nii.gz", seg)
     with pytest.raises(ValueError, match=r"two segmentation files for case 'E'"):
-        scoring_cli.index_segmentations(tmp_path)
+        scoring.index_segmentations(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        scoring_cli.index_segmentations(tmp_path / "nowhere")
+        scoring.index_segmentations(tmp_path / "nowhere")

@@ -12,7 +12,8 @@ import missu_keras
 from missu_keras import cli
 from missu_keras.data import write_synthetic_brats
 from missu_keras.optimizers import poly_schedule
-from missu_keras.training import TrainConfig, settings_from_args, train
+from missu_keras.cli.train import settings_from_args
+from missu_keras.training import TrainConfig, train
 
 EPOCHS, STEPS, BATCH = 3, 2, 1
 MODEL = {"base_width": 8, "embed_dim": 32, "num_heads": 4, "num_layers": 1, "mlp_dim": 64}

@@ -12,106 +12,70 @@ Real and synthetic data take the same path::
 ('flair', 't1ce', 't1', 't2')
 """
 
-from missu_keras.data.brats import (
-    BRATS_LAYOUTS,
-    BRATS_MODALITIES,
-    MODALITY_2023_NAMES,
-    BratsCase,
-    canonical_modality,
-    detect_brats_layout,
-    find_brats_cases,
-)
-from missu_keras.data.cache import CacheBuildResult, CacheEntry, DataCache, build_cache, sha256_file
-from missu_keras.data.chaos import (
-    ORGAN_GREY_RANGES,
-    ChaosCase,
-    chaos_split,
-    find_chaos_cases,
-    load_chaos_case,
-    read_chaos_mask,
-    read_dicom_series,
-)
-from missu_keras.data.pipeline import (
-    AugmentationConfig,
-    augment_patch,
-    extract_patch,
-    make_training_dataset,
-    make_validation_dataset,
-    sample_crop_start,
-)
-from missu_keras.data.preprocessing import (
-    CropBox,
-    PreprocessedCase,
-    PreprocessingConfig,
-    crop,
-    foreground_box,
-    normalize_nonzero,
-    pad_to_multiple,
-    preprocess_case,
-    restore_labels,
-    uncrop,
-    unpad,
-)
-from missu_keras.data.synthetic import (
-    synthetic_brats_volumes,
-    synthetic_chaos_volumes,
-    write_synthetic_brats,
-    write_synthetic_chaos,
-)
-from missu_keras.data.validation import (
-    LoadedCase,
-    SkippedCase,
-    ValidationResult,
-    load_brats_case,
-    read_nifti,
-    validate_cases,
-)
+import importlib
 
-__all__ = [
-    "AugmentationConfig",
-    "BRATS_LAYOUTS",
-    "BRATS_MODALITIES",
-    "BratsCase",
-    "CacheBuildResult",
-    "CacheEntry",
-    "ChaosCase",
-    "CropBox",
-    "DataCache",
-    "LoadedCase",
-    "MODALITY_2023_NAMES",
-    "ORGAN_GREY_RANGES",
-    "PreprocessedCase",
-    "PreprocessingConfig",
-    "SkippedCase",
-    "ValidationResult",
-    "augment_patch",
-    "build_cache",
-    "canonical_modality",
-    "chaos_split",
-    "crop",
-    "detect_brats_layout",
-    "extract_patch",
-    "find_brats_cases",
-    "find_chaos_cases",
-    "foreground_box",
-    "load_brats_case",
-    "load_chaos_case",
-    "make_training_dataset",
-    "make_validation_dataset",
-    "normalize_nonzero",
-    "pad_to_multiple",
-    "preprocess_case",
-    "read_chaos_mask",
-    "read_dicom_series",
-    "read_nifti",
-    "restore_labels",
-    "sample_crop_start",
-    "sha256_file",
-    "synthetic_brats_volumes",
-    "synthetic_chaos_volumes",
-    "uncrop",
-    "unpad",
-    "validate_cases",
-    "write_synthetic_brats",
-    "write_synthetic_chaos",
-]
+# Public name -> the module that defines it. Loaded on first use (PEP 562), so reading a
+# folder layout or a NIfTI header does not load TensorFlow (which pipeline.py needs).
+_EXPORTS = {
+    "AugmentationConfig": "missu_keras.data.pipeline",
+    "BRATS_LAYOUTS": "missu_keras.data.brats",
+    "BRATS_MODALITIES": "missu_keras.data.brats",
+    "BratsCase": "missu_keras.data.brats",
+    "CacheBuildResult": "missu_keras.data.cache",
+    "CacheEntry": "missu_keras.data.cache",
+    "ChaosCase": "missu_keras.data.chaos",
+    "CropBox": "missu_keras.data.preprocessing",
+    "DataCache": "missu_keras.data.cache",
+    "LoadedCase": "missu_keras.data.validation",
+    "MODALITY_2023_NAMES": "missu_keras.data.brats",
+    "ORGAN_GREY_RANGES": "missu_keras.data.chaos",
+    "PreprocessedCase": "missu_keras.data.preprocessing",
+    "PreprocessingConfig": "missu_keras.data.preprocessing",
+    "SkippedCase": "missu_keras.data.validation",
+    "ValidationResult": "missu_keras.data.validation",
+    "augment_patch": "missu_keras.data.pipeline",
+    "build_cache": "missu_keras.data.cache",
+    "canonical_modality": "missu_keras.data.brats",
+    "chaos_split": "missu_keras.data.chaos",
+    "crop": "missu_keras.data.preprocessing",
+    "detect_brats_layout": "missu_keras.data.brats",
+    "extract_patch": "missu_keras.data.pipeline",
+    "find_brats_cases": "missu_keras.data.brats",
+    "find_chaos_cases": "missu_keras.data.chaos",
+    "foreground_box": "missu_keras.data.preprocessing",
+    "load_brats_case": "missu_keras.data.validation",
+    "load_chaos_case": "missu_keras.data.chaos",
+    "make_training_dataset": "missu_keras.data.pipeline",
+    "make_validation_dataset": "missu_keras.data.pipeline",
+    "normalize_nonzero": "missu_keras.data.preprocessing",
+    "pad_to_multiple": "missu_keras.data.preprocessing",
+    "preprocess_case": "missu_keras.data.preprocessing",
+    "read_chaos_mask": "missu_keras.data.chaos",
+    "read_dicom_series": "missu_keras.data.chaos",
+    "read_nifti": "missu_keras.data.validation",
+    "restore_labels": "missu_keras.data.preprocessing",
+    "sample_crop_start": "missu_keras.data.pipeline",
+    "sha256_file": "missu_keras.data.cache",
+    "synthetic_brats_volumes": "missu_keras.data.synthetic",
+    "synthetic_chaos_volumes": "missu_keras.data.synthetic",
+    "uncrop": "missu_keras.data.preprocessing",
+    "unpad": "missu_keras.data.preprocessing",
+    "validate_cases": "missu_keras.data.validation",
+    "write_synthetic_brats": "missu_keras.data.synthetic",
+    "write_synthetic_chaos": "missu_keras.data.synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'missu_keras.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -38,6 +38,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from missu_keras.data.validation import load_brats_case
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 BRATS_MODALITIES: Tuple[str, ...] = ("flair", "t1ce", "t1", "t2")
@@ -159,8 +161,6 @@ class BratsCase:
 
     def load(self, label_convention: Optional[str] = None):
         """Reads and validates the case; see `missu_keras.data.validation.load_brats_case`."""
-        from missu_keras.data.validation import load_brats_case
-
         return load_brats_case(self, label_convention=label_convention)
 
 

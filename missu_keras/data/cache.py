@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -46,20 +45,12 @@ import numpy as np
 
 from missu_keras.data.preprocessing import CropBox, PreprocessingConfig, preprocess_case
 from missu_keras.data.validation import SkippedCase
+from missu_keras.files import atomic_path, sha256_file, write_text_atomic  # sha256_file: also public here
 
 logger = logging.getLogger("missu_keras.data")
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
-
-
-def sha256_file(path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes (read-only, streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _safe_name(case_id: str) -> str:
@@ -217,9 +208,8 @@ def sample_foreground(classes: np.ndarray, max_per_class: int, seed: int) -> np.
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npy") as tmp:  # np.save appends .npy to other names
+        np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def _process_one(case, cache_dir: Path, config: PreprocessingConfig, sources: dict,
@@ -255,9 +245,126 @@ def _write_manifest(cache_dir: Path, config: PreprocessingConfig, entries: Dict[
         "order": order,
         "cases": {k: entries[k].to_dict() for k in order},
     }
-    tmp = cache_dir / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, cache_dir / MANIFEST_NAME)
+    write_text_atomic(cache_dir / MANIFEST_NAME, json.dumps(manifest, indent=1))
+
+
+def _check_cases(cases: Sequence, config: PreprocessingConfig) -> None:
+    """Set-up mistakes concern every case: fail before any work instead of skipping them all."""
+    ids = [c.case_id for c in cases]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"duplicate case ids {dupes}; case ids must be unique within a cache")
+    for case in cases:
+        channels = tuple(getattr(case, "channel_names", config.modalities))
+        if channels != tuple(config.modalities):
+            raise ValueError(
+                f"case {case.case_id!r}: channels expected {list(config.modalities)} (preprocessing config), "
+                f"found {list(channels)}; find the cases with modalities={list(config.modalities)}"
+            )
+        convention = getattr(case, "label_convention", config.label_convention)
+        if convention != config.label_convention:
+            raise ValueError(
+                f"case {case.case_id!r}: label convention expected {config.label_convention!r} "
+                f"(preprocessing config), found {convention!r} (from its layout)"
+            )
+
+
+def _read_manifest(cache_dir: Path, config: PreprocessingConfig):
+    """``(every entry of the old manifest, the entries built with the same config)``."""
+    manifest_path = cache_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return {}, {}
+    try:
+        old = DataCache(cache_dir)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        logger.warning("ignoring unreadable cache manifest %s: %s", manifest_path, exc)
+        return {}, {}
+    if old.config == config:
+        return old.entries, old.entries
+    logger.info("preprocessing config changed; re-processing every case in %s", cache_dir)
+    return old.entries, {}
+
+
+def _plan(cases, cache_dir: Path, reusable: Dict[str, CacheEntry], verify_hashes: bool,
+          skip_invalid: bool):
+    """``(entries reused, [(case, sources) to process], reused ids, skipped)``: a case is
+    reused when its arrays exist and its source files are unchanged."""
+    entries: Dict[str, CacheEntry] = {}
+    todo, reused, skipped = [], [], []
+    for case in cases:
+        prev = reusable.get(case.case_id)
+        try:
+            sources = _source_records(case.source_files(), prev.sources if prev else None, verify_hashes)
+        except OSError as exc:
+            if not skip_invalid:
+                raise
+            skipped.append(SkippedCase(case.case_id, f"{type(exc).__name__}: {exc}"))
+            logger.warning("skipping case %s: %s", case.case_id, skipped[-1].reason)
+            continue
+        files_present = prev is not None and all(
+            (cache_dir / f).is_file() for f in (prev.image_file, prev.label_file, prev.foreground_file) if f
+        )
+        if prev is not None and files_present and _same_sources(sources, prev.sources):
+            entries[case.case_id] = dataclasses.replace(prev, sources=sources)
+            reused.append(case.case_id)
+        else:
+            todo.append((case, sources))
+    return entries, todo, reused, skipped
+
+
+def _process_all(todo, cache_dir: Path, config: PreprocessingConfig, entries: Dict[str, CacheEntry],
+                 skipped: List[SkippedCase], *, workers: int, skip_invalid: bool, progress: bool,
+                 max_foreground_samples: int) -> List[str]:
+    """Preprocesses ``todo`` (in ``workers`` threads) into ``entries``; returns the ids
+    processed and appends invalid cases to ``skipped`` (or raises without ``skip_invalid``)."""
+    bar = None
+    if progress and todo:
+        import keras  # only for its progress bar; the cache itself needs no TensorFlow
+
+        bar = keras.utils.Progbar(len(todo), unit_name="case")
+    processed = []
+
+    def finish(case, result):
+        try:
+            entry = result()
+        except (ValueError, OSError) as exc:
+            if not skip_invalid:
+                raise
+            reason = f"{type(exc).__name__}: {exc}"
+            logger.warning("skipping case %s: %s", case.case_id, reason)
+            skipped.append(SkippedCase(case.case_id, reason))
+        else:
+            entries[case.case_id] = entry
+            processed.append(case.case_id)
+        if bar is not None:
+            bar.add(1)
+
+    def process(case, sources):
+        return _process_one(case, cache_dir, config, sources, max_foreground_samples)
+
+    if workers == 1:
+        for case, sources in todo:
+            finish(case, lambda: process(case, sources))
+        return processed
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(process, case, sources): case for case, sources in todo}
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                finish(futures[fut], fut.result)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return processed
+
+
+def _remove_stale(cache_dir: Path, old_entries: Dict[str, CacheEntry], entries: Dict[str, CacheEntry]) -> None:
+    """Deletes the arrays of cases no longer listed (or skipped now)."""
+    keep = {f for e in entries.values() for f in (e.image_file, e.label_file, e.foreground_file) if f}
+    for old_entry in old_entries.values():
+        for f in (old_entry.image_file, old_entry.label_file, old_entry.foreground_file):
+            if f and f not in keep and (cache_dir / f).is_file():
+                (cache_dir / f).unlink()
 
 
 def build_cache(
@@ -293,107 +400,16 @@ def build_cache(
         raise ValueError(f"workers must be >= 1. Received: workers={workers!r}")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    _check_cases(cases, config)
+    old_entries, reusable = _read_manifest(cache_dir, config)
+    entries, todo, reused, skipped = _plan(cases, cache_dir, reusable, verify_hashes, skip_invalid)
+    processed = _process_all(todo, cache_dir, config, entries, skipped, workers=int(workers),
+                             skip_invalid=skip_invalid, progress=progress,
+                             max_foreground_samples=max_foreground_samples)
     ids = [c.case_id for c in cases]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ValueError(f"duplicate case ids {dupes}; case ids must be unique within a cache")
-    # Set-up mistakes concern every case: fail before any work instead of skipping them all.
-    for case in cases:
-        channels = tuple(getattr(case, "channel_names", config.modalities))
-        if channels != tuple(config.modalities):
-            raise ValueError(
-                f"case {case.case_id!r}: channels expected {list(config.modalities)} (preprocessing config), "
-                f"found {list(channels)}; find the cases with modalities={list(config.modalities)}"
-            )
-        convention = getattr(case, "label_convention", config.label_convention)
-        if convention != config.label_convention:
-            raise ValueError(
-                f"case {case.case_id!r}: label convention expected {config.label_convention!r} "
-                f"(preprocessing config), found {convention!r} (from its layout)"
-            )
-
-    old_entries: Dict[str, CacheEntry] = {}  # everything in the old manifest (for clean-up)
-    reusable: Dict[str, CacheEntry] = {}  # ... built with the same config
-    manifest_path = cache_dir / MANIFEST_NAME
-    if manifest_path.is_file():
-        try:
-            old = DataCache(cache_dir)
-            old_entries = old.entries
-            if old.config == config:
-                reusable = old.entries
-            else:
-                logger.info("preprocessing config changed; re-processing every case in %s", cache_dir)
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
-            logger.warning("ignoring unreadable cache manifest %s: %s", manifest_path, exc)
-
-    entries: Dict[str, CacheEntry] = {}
-    todo, reused, skipped = [], [], []
-    for case in cases:
-        prev = reusable.get(case.case_id)
-        try:
-            sources = _source_records(case.source_files(), prev.sources if prev else None, verify_hashes)
-        except OSError as exc:
-            if not skip_invalid:
-                raise
-            skipped.append(SkippedCase(case.case_id, f"{type(exc).__name__}: {exc}"))
-            logger.warning("skipping case %s: %s", case.case_id, skipped[-1].reason)
-            continue
-        files_present = prev is not None and all(
-            (cache_dir / f).is_file() for f in (prev.image_file, prev.label_file, prev.foreground_file) if f
-        )
-        if prev is not None and files_present and _same_sources(sources, prev.sources):
-            entries[case.case_id] = dataclasses.replace(prev, sources=sources)
-            reused.append(case.case_id)
-        else:
-            todo.append((case, sources))
-
-    bar = None
-    if progress and todo:
-        import keras
-
-        bar = keras.utils.Progbar(len(todo), unit_name="case")
-    processed = []
-
-    def finish(case, future_or_fn):
-        try:
-            entry = future_or_fn()
-        except (ValueError, OSError) as exc:
-            if not skip_invalid:
-                raise
-            reason = f"{type(exc).__name__}: {exc}"
-            logger.warning("skipping case %s: %s", case.case_id, reason)
-            skipped.append(SkippedCase(case.case_id, reason))
-        else:
-            entries[case.case_id] = entry
-            processed.append(case.case_id)
-        if bar is not None:
-            bar.add(1)
-
-    if int(workers) == 1:
-        for case, sources in todo:
-            finish(case, lambda: _process_one(case, cache_dir, config, sources, max_foreground_samples))
-    else:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=int(workers)) as pool:
-            futures = {
-                pool.submit(_process_one, case, cache_dir, config, sources, max_foreground_samples): case
-                for case, sources in todo
-            }
-            try:
-                for fut in concurrent.futures.as_completed(futures):
-                    finish(futures[fut], fut.result)
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
-
     order = [i for i in ids if i in entries]
     processed = [i for i in order if i in processed]
     skipped.sort(key=lambda s: ids.index(s.case_id))
-    # Arrays of cases no longer listed (or skipped now) are stale.
-    keep = {f for e in entries.values() for f in (e.image_file, e.label_file, e.foreground_file) if f}
-    for old_entry in old_entries.values():
-        for f in (old_entry.image_file, old_entry.label_file, old_entry.foreground_file):
-            if f and f not in keep and (cache_dir / f).is_file():
-                (cache_dir / f).unlink()
+    _remove_stale(cache_dir, old_entries, entries)
     _write_manifest(cache_dir, config, entries, order)
     return CacheBuildResult(DataCache(cache_dir), processed, reused, skipped)

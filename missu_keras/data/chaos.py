@@ -69,7 +69,7 @@ _INSTALL_HINT = 'pip install "missu-keras[chaos]"'
 
 def _pydicom():
     try:
-        import pydicom
+        import pydicom  # the optional "chaos" extra: imported when a DICOM is read
     except ImportError as exc:
         raise ImportError(f"Reading CHAOS DICOM needs pydicom: {_INSTALL_HINT} ({exc})") from exc
     return pydicom
@@ -77,7 +77,7 @@ def _pydicom():
 
 def _pil_image():
     try:
-        from PIL import Image
+        from PIL import Image  # the optional "chaos" extra
     except ImportError as exc:
         raise ImportError(f"Reading CHAOS masks needs Pillow: {_INSTALL_HINT} ({exc})") from exc
     return Image

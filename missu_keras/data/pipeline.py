@@ -51,7 +51,9 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from scipy import ndimage
 
+from missu_keras.config import StrictConfig
 from missu_keras.data.cache import DataCache
 from missu_keras.data.preprocessing import pad_to_multiple
 
@@ -59,7 +61,7 @@ _EPOCH_STREAM = 0x5EED  # separates the epoch-permutation stream from per-sample
 
 
 @dataclasses.dataclass
-class AugmentationConfig:
+class AugmentationConfig(StrictConfig):
     """Training augmentations; `brats` and `chaos` give the paper's recipes.
 
     Args:
@@ -89,16 +91,11 @@ class AugmentationConfig:
     noise_prob: float = 0.0
     noise_variance: Tuple[float, float] = (0.0, 0.1)
 
-    def __post_init__(self):
-        self.flip_axes = tuple(int(a) for a in self.flip_axes)
-        self.scale_axes = tuple(int(a) for a in self.scale_axes)
-        for name in ("intensity_scale", "intensity_shift"):
-            v = getattr(self, name)
-            setattr(self, name, None if v is None else (float(v[0]), float(v[1])))
-        self.scale_range = (float(self.scale_range[0]), float(self.scale_range[1]))
-        self.noise_variance = (float(self.noise_variance[0]), float(self.noise_variance[1]))
+    SETTINGS_NAME = "augmentation settings"
+
+    def validate(self):
         for name in ("flip_prob", "rotation_prob", "scale_prob", "noise_prob"):
-            v = float(getattr(self, name))
+            v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]. Received: {name}={v!r}")
         for name, axes in (("flip_axes", self.flip_axes), ("scale_axes", self.scale_axes)):
@@ -129,18 +126,6 @@ class AugmentationConfig:
     def none(cls) -> "AugmentationConfig":
         """Crops only."""
         return cls(flip_axes=(), intensity_scale=None, intensity_shift=None)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AugmentationConfig":
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"Unknown augmentation settings {unknown}; accepted names: {names}")
-        return cls(**d)
 
 
 def crop_start_range(shape: Sequence[int], patch_size: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
@@ -218,8 +203,6 @@ def extract_patch(volume: np.ndarray, start: Sequence[int], patch_size: Sequence
 
 def _resample_patch(image, label, start, patch_size, angle, scales):
     """Rotates (in the H-W plane) and zooms the patch around its centre by resampling the case."""
-    from scipy import ndimage
-
     p = np.asarray(patch_size, np.float64)
     centre = np.asarray(start, np.float64) + (p - 1) / 2
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) - (n - 1) / 2 for n in patch_size],

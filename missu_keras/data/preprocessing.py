@@ -8,6 +8,12 @@ box is kept, so a prediction goes back to the original grid exactly (`restore_la
 The settings live in one `PreprocessingConfig` that is saved with the model config
 (``to_dict`` / ``from_dict``, JSON-safe), so inference applies the same steps.
 
+The box and the normalisation are written once, in TensorFlow (`foreground_bounds`,
+`normalize_tensor`, `preprocess_volume`: graph-safe, dynamic shapes): the SavedModel and
+`missu_keras.inference` run them in their graphs, and the NumPy functions below
+(`foreground_box`, `normalize`, `preprocess_case`, used by the training cache) call
+them through `tf.function`s.
+
 >>> import numpy as np
 >>> image = np.zeros((10, 10, 10, 2), np.float32)
 >>> image[2:6, 3:7, 4:8] = np.random.default_rng(0).uniform(1, 2, (4, 4, 4, 2))
@@ -32,29 +38,21 @@ import json
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
+import tensorflow as tf
 
+from missu_keras.config import StrictConfig, int_or_triple
+from missu_keras.data.chaos import chaos_channel_names
 from missu_keras.labels import LABEL_CONVENTIONS, get_label_convention
 
 NORMALIZATIONS = ("zscore_nonzero", "zscore", "none")
+NORMALIZE_EPS = 1e-8  # floor of the standard deviation in the z-scores
 DATASETS = ("brats", "chaos")
 
 IntOr3 = Union[int, Sequence[int]]
 
 
-def _triple(value: IntOr3, name: str) -> Tuple[int, int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return (int(value),) * 3
-    try:
-        out = tuple(int(v) for v in value)
-    except TypeError:
-        raise ValueError(f"{name} must be an int or 3 ints. Received: {name}={value!r}") from None
-    if len(out) != 3:
-        raise ValueError(f"{name} must be an int or 3 ints (H, W, D). Received: {name}={value!r}")
-    return out
-
-
 @dataclasses.dataclass
-class PreprocessingConfig:
+class PreprocessingConfig(StrictConfig):
     """The preprocessing contract, stored with the model so inference matches training.
 
     Args:
@@ -92,11 +90,11 @@ class PreprocessingConfig:
     patch_size: IntOr3 = (128, 128, 128)
     pad_multiple: int = 8
 
-    def __post_init__(self):
-        self.modalities = tuple(str(m) for m in self.modalities)
-        self.crop_margin = _triple(self.crop_margin, "crop_margin")
-        self.patch_size = _triple(self.patch_size, "patch_size")
-        self.validate()
+    SETTINGS_NAME = "preprocessing settings"
+
+    def normalize(self):
+        self.crop_margin = int_or_triple(self.crop_margin, "crop_margin")
+        self.patch_size = int_or_triple(self.patch_size, "patch_size")
 
     def validate(self):
         if self.dataset not in DATASETS:
@@ -138,8 +136,6 @@ class PreprocessingConfig:
     @classmethod
     def chaos(cls, sequence: str = "T1DUAL", **overrides) -> "PreprocessingConfig":
         """The paper's CHAOS MR settings (in/out phase, liver; 128 x 128 x 32 crops)."""
-        from missu_keras.data.chaos import chaos_channel_names
-
         kwargs = dict(
             dataset="chaos",
             modalities=chaos_channel_names(sequence),
@@ -149,20 +145,6 @@ class PreprocessingConfig:
         )
         kwargs.update(overrides)
         return cls(**kwargs)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k in ("modalities", "crop_margin", "patch_size"):
-            d[k] = list(d[k])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessingConfig":
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"Unknown preprocessing settings {unknown}; accepted names: {names}")
-        return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +177,68 @@ class CropBox:
         return cls((0, 0, 0), shape, shape)
 
 
+def foreground_bounds(volume, margin: IntOr3 = 0):
+    """The box of the voxels where any channel is non-zero, in TensorFlow (graph-safe).
+
+    Args:
+        volume: tensor or array ``(H, W, D)`` or ``(H, W, D, C)`` (static rank, any
+            sizes, any dtype).
+        margin: voxels added on each side (clipped to the volume).
+
+    Returns:
+        ``(start, stop)``, int32 ``(3,)`` each (``stop`` exclusive); the whole volume
+        when nothing is non-zero.
+    """
+    margin = int_or_triple(margin, "margin")
+    volume = tf.convert_to_tensor(volume)
+    if volume.shape.rank not in (3, 4):
+        raise ValueError(f"foreground_bounds: volume must be (H, W, D) or (H, W, D, C); "
+                         f"received shape {volume.shape}")
+    nonzero = tf.not_equal(volume, tf.zeros([], volume.dtype))
+    mask = tf.reduce_any(nonzero, axis=-1) if volume.shape.rank == 4 else nonzero
+    shape = tf.shape(mask)
+    starts, stops = [], []
+    for axis in range(3):
+        others = [a for a in range(3) if a != axis]
+        index = tf.cast(tf.where(tf.reduce_any(mask, axis=others))[:, 0], tf.int32)
+        # Empty index: min is INT32_MAX and max INT32_MIN; the tf.where below drops them.
+        starts.append(tf.maximum(tf.reduce_min(index) - margin[axis], 0))
+        stops.append(tf.minimum(tf.reduce_max(index) + 1 + margin[axis], shape[axis]))
+    found = tf.reduce_any(mask)
+    start = tf.where(found, tf.stack(starts), tf.zeros([3], tf.int32))
+    stop = tf.where(found, tf.stack(stops), shape)
+    return start, stop
+
+
+class _Graphs:
+    """``function(volume, *settings)`` compiled once per volume rank, channel count,
+    dtype and settings, for volumes of any size (one trace: no retracing per case). The
+    NumPy entry points below run the TF code through these, so the training cache and
+    inference cannot differ."""
+
+    def __init__(self, function):
+        self.function = function
+        self.graphs = {}
+
+    def __call__(self, volume, *settings):
+        volume = tf.convert_to_tensor(volume)
+        rank = volume.shape.rank
+        channels = volume.shape[-1] if rank == 4 else None
+        key = (rank, channels, volume.dtype, settings)
+        if key not in self.graphs:
+            spec = tf.TensorSpec([None] * (rank - 1) + [channels], volume.dtype)
+            # autograph=False: plain TF ops, no Python control flow on tensors to convert.
+            self.graphs[key] = tf.function(lambda v: self.function(v, *settings),
+                                           input_signature=[spec], autograph=False)
+        return self.graphs[key](volume)
+
+
+_foreground_bounds_graph = _Graphs(foreground_bounds)
+
+
 def foreground_box(image: np.ndarray, margin: IntOr3 = 0) -> CropBox:
-    """Bounding box of the voxels where any channel of ``image`` is non-zero.
+    """Bounding box of the voxels where any channel of ``image`` is non-zero
+    (`foreground_bounds` on a NumPy array).
 
     Args:
         image: ``(H, W, D)`` or ``(H, W, D, C)``.
@@ -206,18 +248,10 @@ def foreground_box(image: np.ndarray, margin: IntOr3 = 0) -> CropBox:
         A `CropBox`; the whole volume if nothing is non-zero.
     """
     image = np.asarray(image)
-    mask = np.any(image != 0, axis=-1) if image.ndim == 4 else image != 0
-    margin = _triple(margin, "margin")
-    shape = mask.shape
-    if not mask.any():
-        return CropBox.full(shape)
-    start, stop = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        start.append(max(int(idx[0]) - margin[axis], 0))
-        stop.append(min(int(idx[-1]) + 1 + margin[axis], shape[axis]))
-    return CropBox(tuple(start), tuple(stop), tuple(shape))
+    start, stop = _foreground_bounds_graph(tf.convert_to_tensor(image),
+                                           int_or_triple(margin, "margin"))
+    return CropBox(tuple(int(v) for v in start.numpy()), tuple(int(v) for v in stop.numpy()),
+                   tuple(int(s) for s in image.shape[:3]))
 
 
 def crop(volume: np.ndarray, box: CropBox) -> np.ndarray:
@@ -261,44 +295,91 @@ def unpad(volume: np.ndarray, hwd: Sequence[int]) -> np.ndarray:
     return volume[: hwd[0], : hwd[1], : hwd[2]]
 
 
-def normalize_nonzero(image: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+def normalize_tensor(image, method: str, eps: float = NORMALIZE_EPS):
+    """Applies ``method`` in `NORMALIZATIONS` to ``image`` ``(h, w, d, C)``, in
+    TensorFlow (graph-safe, dynamic sizes, static ``C``) -> float32 of the same shape.
+
+    - ``"zscore_nonzero"``: z-score each channel over the brain mask (voxels where any
+      channel is non-zero, paper Sec. IV-A); background stays exactly 0, an empty mask
+      gives zeros.
+    - ``"zscore"``: z-score each channel over every voxel.
+    - ``"none"``: the image as float32.
+
+    Means and standard deviations are taken in float64, one channel after the other (the
+    float64 temporaries of one channel only are alive at a time); a channel constant
+    over its voxels becomes 0 (the deviation is floored at ``eps``).
+    """
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}. Received: {method!r}")
+    image = tf.cast(tf.convert_to_tensor(image), tf.float32)
+    if method == "none":
+        return image
+    mask = tf.reduce_any(tf.not_equal(image, 0.0), axis=-1) if method == "zscore_nonzero" else None
+    channels = []
+    for c in range(image.shape[-1]):
+        with tf.control_dependencies(channels[-1:]):
+            x = tf.cast(image[..., c], tf.float64)
+        values = tf.reshape(x, [-1]) if mask is None else tf.boolean_mask(x, mask)
+        mean = tf.reduce_mean(values)
+        std = tf.sqrt(tf.reduce_mean(tf.square(values - mean)))
+        z = tf.cast((x - mean) / tf.maximum(std, tf.constant(eps, tf.float64)), tf.float32)
+        # Background stays exactly 0 (an empty brain mask gives all zeros).
+        channels.append(z if mask is None else tf.where(mask, z, 0.0))
+    return tf.stack(channels, axis=-1)
+
+
+_normalize_graph = _Graphs(normalize_tensor)
+
+
+def normalize(image: np.ndarray, method: str, eps: float = NORMALIZE_EPS) -> np.ndarray:
+    """`normalize_tensor` on a NumPy ``image (H, W, D, C)`` -> float32 NumPy array."""
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}. Received: {method!r}")
+    image = tf.convert_to_tensor(np.asarray(image, dtype=np.float32))
+    return _normalize_graph(image, method, float(eps)).numpy()
+
+
+def normalize_nonzero(image: np.ndarray, eps: float = NORMALIZE_EPS) -> np.ndarray:
     """Z-score each channel over the brain mask; background stays 0.
 
     ``image (H, W, D, C)`` -> float32 of the same shape. The mask is the voxels where
     any channel is non-zero (paper Sec. IV-A); a channel constant over the mask
-    becomes 0 there.
+    becomes 0 there. (`normalize` with ``"zscore_nonzero"``.)
     """
-    image = np.asarray(image, dtype=np.float32)
-    mask = np.any(image != 0, axis=-1)
-    out = np.zeros_like(image)
-    if not mask.any():
-        return out
-    for c in range(image.shape[-1]):
-        vals = image[..., c][mask].astype(np.float64)
-        mean, std = vals.mean(), vals.std()
-        out[..., c][mask] = ((vals - mean) / max(std, eps)).astype(np.float32)
-    return out
+    return normalize(image, "zscore_nonzero", eps)
 
 
-def normalize_whole(image: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """Z-score each channel of ``image (H, W, D, C)`` over every voxel."""
-    image = np.asarray(image, dtype=np.float32)
-    out = np.empty_like(image)
-    for c in range(image.shape[-1]):
-        vals = image[..., c].astype(np.float64)
-        out[..., c] = ((vals - vals.mean()) / max(vals.std(), eps)).astype(np.float32)
-    return out
+def normalize_whole(image: np.ndarray, eps: float = NORMALIZE_EPS) -> np.ndarray:
+    """Z-score each channel of ``image (H, W, D, C)`` over every voxel (`normalize`
+    with ``"zscore"``)."""
+    return normalize(image, "zscore", eps)
 
 
-def normalize(image: np.ndarray, method: str) -> np.ndarray:
-    """Applies ``method`` in `NORMALIZATIONS` to ``image (H, W, D, C)``."""
-    if method == "zscore_nonzero":
-        return normalize_nonzero(image)
-    if method == "zscore":
-        return normalize_whole(image)
-    if method == "none":
-        return np.asarray(image, dtype=np.float32)
-    raise ValueError(f"normalization must be one of {NORMALIZATIONS}. Received: {method!r}")
+def preprocess_volume(volume, normalization: str, crop_margin: Optional[IntOr3] = None):
+    """The image part of the preprocessing contract, in TensorFlow (graph-safe).
+
+    Args:
+        volume: raw scan ``(H, W, D, C)`` float32 (static ``C``, any sizes).
+        normalization: one of `NORMALIZATIONS`.
+        crop_margin: crop to the non-zero box widened by this margin
+            (`foreground_bounds`); ``None`` keeps the whole volume.
+
+    Returns:
+        ``(image, start, stop)``: ``image (h, w, d, C)`` float32 cropped and normalised
+        (`normalize_tensor`), and the crop box in the original grid, int32 ``(3,)`` each.
+    """
+    volume = tf.cast(tf.convert_to_tensor(volume), tf.float32)
+    channels = volume.shape[-1]
+    if crop_margin is None:
+        start, stop = tf.zeros([3], tf.int32), tf.shape(volume)[:3]
+    else:
+        start, stop = foreground_bounds(volume, crop_margin)
+    cropped = tf.slice(volume, tf.concat([start, [0]], 0), tf.concat([stop - start, [-1]], 0))
+    cropped.set_shape([None, None, None, channels])
+    return normalize_tensor(cropped, normalization), start, stop
+
+
+_preprocess_volume_graph = _Graphs(preprocess_volume)
 
 
 @dataclasses.dataclass
@@ -334,10 +415,12 @@ def preprocess_case(loaded, config: PreprocessingConfig) -> PreprocessedCase:
             f"case {loaded.case_id!r}: channel order mismatch: expected {list(config.modalities)} "
             f"(preprocessing config), found {list(loaded.channel_names)}"
         )
-    image = loaded.image
-    box = (foreground_box(image, config.crop_margin) if config.crop_to_nonzero
-           else CropBox.full(image.shape))
-    image = normalize(crop(image, box), config.normalization)
+    image, start, stop = _preprocess_volume_graph(
+        tf.convert_to_tensor(np.asarray(loaded.image, np.float32)), config.normalization,
+        tuple(config.crop_margin) if config.crop_to_nonzero else None)
+    box = CropBox(tuple(int(v) for v in start.numpy()), tuple(int(v) for v in stop.numpy()),
+                  tuple(int(s) for s in loaded.image.shape[:3]))
+    image = image.numpy()
     classes = None
     if loaded.labels is not None:
         conv = get_label_convention(config.label_convention)

@@ -28,12 +28,12 @@ T1DUAL in/out phase and T2SPIR series; Ground masks with the CHAOS grey values
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from missu_keras.data import io
 from missu_keras.data.brats import BRATS_LAYOUTS, BRATS_MODALITIES, MODALITY_2023_NAMES
 
 FULL_BRATS_SHAPE = (240, 240, 155)
@@ -158,25 +158,9 @@ def brats_affine(shape: Sequence[int]) -> np.ndarray:
 
 
 def write_nifti(path, data: np.ndarray, affine: np.ndarray) -> Path:
-    """Writes ``data`` as NIfTI-1 with fixed header fields; ``.nii.gz`` uses gzip mtime 0.
-
-    The same inputs always give the same bytes.
-    """
-    import nibabel as nib
-
-    path = Path(path)
-    img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, np.float64))
-    hdr = img.header
-    hdr.set_xyzt_units("mm", "sec")
-    hdr["descrip"] = b"missu-keras synthetic"
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    raw = img.to_bytes()
-    if path.name.endswith(".gz"):
-        raw = gzip.compress(raw, compresslevel=1, mtime=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(raw)
-    return path
+    """Writes ``data`` as NIfTI-1 with fixed header fields (`missu_keras.data.io.write_nifti`):
+    the same inputs always give the same bytes."""
+    return io.write_nifti(path, data, affine, description="missu-keras synthetic")
 
 
 def _brats_case_names(layout: str, index: int, rng) -> Tuple[str, Optional[str]]:
@@ -310,9 +294,9 @@ def _require_chaos_deps(what: str):
 
 
 def _write_dicom_slice(path: Path, pixels: np.ndarray, meta: dict) -> None:
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+    import pydicom  # the optional "chaos" extra: only CHAOS cases need it
+    from pydicom.dataset import FileDataset, FileMetaDataset  # (as above)
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage  # (as above)
 
     file_meta = FileMetaDataset()
     file_meta.MediaStorageSOPClassUID = MRImageStorage
@@ -357,14 +341,14 @@ def _write_dicom_slice(path: Path, pixels: np.ndarray, meta: dict) -> None:
 
 
 def _write_png(path: Path, grey: np.ndarray) -> None:
-    from PIL import Image
+    from PIL import Image  # the optional "chaos" extra
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(grey, dtype=np.uint8), mode="L").save(str(path), format="PNG")
 
 
 def _write_series(series_dir: Path, volume, names, geometry, uids, meta) -> None:
-    from pydicom.uid import generate_uid
+    from pydicom.uid import generate_uid  # the optional "chaos" extra
 
     series_dir.mkdir(parents=True, exist_ok=True)
     spacing_z = geometry["spacing_between"] or geometry["slice_thickness"]
@@ -402,7 +386,7 @@ def write_synthetic_chaos(
         t2spir: also write the T2SPIR series.
     """
     _require_chaos_deps("write_synthetic_chaos")
-    from pydicom.uid import generate_uid
+    from pydicom.uid import generate_uid  # the optional "chaos" extra
 
     if int(num_cases) < 1:
         raise ValueError(f"num_cases must be >= 1. Received: num_cases={num_cases!r}")

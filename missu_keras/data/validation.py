@@ -35,6 +35,8 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from missu_keras.data.io import (check_finite, read_nifti, read_nifti_data,  # noqa: F401 (public here too)
+                                 read_nifti_header)
 from missu_keras.labels import get_label_convention
 
 logger = logging.getLogger("missu_keras.data")
@@ -77,75 +79,6 @@ class SkippedCase(NamedTuple):
 class ValidationResult(NamedTuple):
     valid: list
     skipped: List[SkippedCase]
-
-
-def _nib():
-    import nibabel
-
-    return nibabel
-
-
-def read_nifti_header(path) -> Tuple[Tuple[int, ...], np.ndarray, object]:
-    """Reads only the header: returns ``(shape, affine, image)``; the data stay on disk.
-
-    A file that is not a readable NIfTI raises ``ValueError`` naming it. Trailing
-    singleton dimensions are dropped from ``shape``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    try:
-        img = _nib().load(str(path), mmap=False)
-        shape = tuple(int(s) for s in img.shape)
-        affine = np.asarray(img.affine, dtype=np.float64)
-    except Exception as exc:  # nibabel raises many types for a broken file
-        raise ValueError(
-            f"{path}: cannot read NIfTI header: expected a NIfTI-1/2 image, found "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3:
-        raise ValueError(f"{path}: expected a 3-D volume, found shape {tuple(img.shape)}")
-    return shape, affine, img
-
-
-def _read_data(path: Path, img, shape, dtype) -> np.ndarray:
-    try:
-        if dtype is None:
-            data = np.asanyarray(img.dataobj)
-        elif np.dtype(dtype).kind == "f":
-            data = np.asarray(img.get_fdata(dtype=dtype))
-        else:
-            data = np.asanyarray(img.dataobj).astype(dtype, copy=False)
-    except Exception as exc:  # truncated gzip: EOFError, zlib.error, OSError ...
-        raise ValueError(
-            f"{path}: cannot read NIfTI data: expected {int(np.prod(shape))} voxels of a "
-            f"readable image, found {type(exc).__name__}: {exc}"
-        ) from exc
-    return data.reshape(shape)
-
-
-def read_nifti(path, dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:
-    """Reads a NIfTI volume read-only: returns ``(data (H, W, D), affine (4, 4))``.
-
-    ``dtype``: a float type -> scaled data as that type; ``None`` -> the stored values
-    as stored (scaled if the header says so); another type -> cast to it.
-    """
-    shape, affine, img = read_nifti_header(path)
-    return _read_data(Path(path), img, shape, dtype), affine
-
-
-def check_finite(array: np.ndarray, source) -> None:
-    """``ValueError`` naming ``source`` if ``array`` holds NaN or inf."""
-    if array.dtype.kind == "f":
-        bad = ~np.isfinite(array)
-        n = int(bad.sum())
-        if n:
-            raise ValueError(
-                f"{source}: expected finite values, found {n} non-finite voxel(s) "
-                f"(NaN/inf), first at index {tuple(int(i) for i in np.argwhere(bad)[0])}"
-            )
 
 
 def check_same_geometry(
@@ -231,12 +164,12 @@ def load_brats_case(case, label_convention: Optional[str] = None, atol: float = 
 
     image = np.empty(ref_shape + (len(paths),), dtype=np.float32)
     for c, (p, (shape, _, img)) in enumerate(zip(paths, headers)):
-        channel = _read_data(Path(p), img, shape, np.float32)
+        channel = read_nifti_data(Path(p), img, shape, np.float32)
         check_finite(channel, p)  # on the contiguous array: faster than on the strided channel
         image[..., c] = channel
     labels = None
     if seg_header is not None:
-        raw = _read_data(Path(case.seg_path), seg_header[2], seg_header[0], None)
+        raw = read_nifti_data(Path(case.seg_path), seg_header[2], seg_header[0], None)
         labels = check_labels(np.asarray(raw), convention, case.seg_path)
     check_brain_mask(image, f"case {case.case_id!r} ({', '.join(str(p) for p in paths)})")
     return LoadedCase(

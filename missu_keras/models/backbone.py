@@ -63,62 +63,13 @@ class MISSUBackbone(keras.Model):
             released_stem_dropout=released_stem_dropout,
             released_attention_dropout=released_attention_dropout,
         )
-        b, E = cfg.base_width, cfg.embed_dim
-        widths = (b, 2 * b, 4 * b, 8 * b)
-        policy = None  # the global dtype policy (e.g. mixed_bfloat16) applies
-
-        # === Functional graph ===
+        # === Functional graph === (the global dtype policy, e.g. mixed_bfloat16, applies)
         inputs = keras.Input(shape=(*cfg.image_size, cfg.in_channels), name="image")
-
-        # Encoder (names follow the released code so the importer can map them).
-        x = InitConv(b, cfg.stem_dropout_rate, dropout_at_inference=cfg.released_stem_dropout,
-                     name="init_conv", dtype=policy)(inputs)
-        features = {}
-        for stage, (width, depth) in enumerate(zip(widths, ENCODER_DEPTHS), start=1):
-            if stage > 1:
-                x = DownSample(width, name=f"endown{stage - 1}", dtype=policy)(x)
-            for j in range(1, depth + 1):
-                name = f"enblock{stage}" if depth == 1 else f"enblock{stage}_{j}"
-                x = EncoderBlock(name=name, dtype=policy)(x)
-            features[f"A{stage}"] = x
-
-        # Transformer bottleneck.
-        z = Bottleneck(E, name="bottleneck", dtype=policy)(features["A4"])
-        if cfg.use_transformer:
-            h, w, d = cfg.token_grid
-            t = layers.Reshape((cfg.num_tokens, E), name="to_tokens", dtype=policy)(z)
-            t = PositionEmbedding(name="position_embedding", dtype=policy)(t)
-            t = layers.Dropout(cfg.dropout_rate, name="pe_dropout", dtype=policy)(t)
-            for i in range(cfg.num_layers):
-                t = TransformerLayer(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate,
-                                     cfg.attn_dropout_rate,
-                                     double_output_dropout=cfg.released_attention_dropout,
-                                     name=f"transformer_{i}", dtype=policy)(t)
-            z = layers.Reshape((h, w, d, E), name="from_tokens", dtype=policy)(t)
-
-        # MSF branch (training-only unless ms_output): Abar_s, then the pyramid B_s.
+        features = _encoder(inputs, cfg)
+        z = _bottleneck(features["A4"], cfg)
         if cfg.msf_mode != "none":
-            prev = None
-            for s in (1, 2, 3):
-                abar = MultiScaleFusion(cfg.msf_shared_weights, name=f"msf{s}",
-                                        dtype=policy)(features[f"A{s}"])
-                if prev is None:
-                    prev = abar
-                else:
-                    prev = PyramidFusion(name=f"msf_pyramid{s}", dtype=policy)([abar, prev])
-                features[f"B{s}"] = prev
-        skip_key = "B" if cfg.msf_mode == "ms_output" else "A"
-
-        # Decoder.
-        y = DeBlock(widths[3], residual=False, name="decoder_bottleneck1", dtype=policy)(z)
-        y = DeBlock(widths[3], residual=True, name="decoder_bottleneck2", dtype=policy)(y)
-        for s in (3, 2, 1):
-            # Fig. 5: with n skip connections, the n deepest ones are kept.
-            use_skip = (4 - s) <= cfg.num_skip_connections
-            up = UpCat(widths[s - 1], name=f"deup{s + 1}", dtype=policy)
-            y = up([y, features[f"{skip_key}{s}"]]) if use_skip else up(y)
-            y = DeBlock(widths[s - 1], residual=True, name=f"deblock{s + 1}", dtype=policy)(y)
-        logits = layers.Conv3D(cfg.num_classes, 1, name="endconv", dtype=policy)(y)
+            features.update(_msf_pyramid(features, cfg))
+        logits = _decoder(z, features, cfg)
         logits = layers.Activation("linear", dtype="float32", name="logits")(logits)
         probs = layers.Softmax(axis=-1, dtype="float32", name="probabilities")(logits)
 
@@ -135,3 +86,64 @@ class MISSUBackbone(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _widths(cfg: MISSUConfig):
+    b = cfg.base_width
+    return (b, 2 * b, 4 * b, 8 * b)
+
+
+def _encoder(inputs, cfg: MISSUConfig) -> dict:
+    """``{"A1": .., "A4": ..}``; layer names follow the released code (the importer maps them)."""
+    x = InitConv(cfg.base_width, cfg.stem_dropout_rate, dropout_at_inference=cfg.released_stem_dropout,
+                 name="init_conv")(inputs)
+    features = {}
+    for stage, (width, depth) in enumerate(zip(_widths(cfg), ENCODER_DEPTHS), start=1):
+        if stage > 1:
+            x = DownSample(width, name=f"endown{stage - 1}")(x)
+        for j in range(1, depth + 1):
+            x = EncoderBlock(name=f"enblock{stage}" if depth == 1 else f"enblock{stage}_{j}")(x)
+        features[f"A{stage}"] = x
+    return features
+
+
+def _bottleneck(a4, cfg: MISSUConfig):
+    """BN, ReLU, conv to E, then the Transformer over the tokens (unless switched off): Z4."""
+    E = cfg.embed_dim
+    z = Bottleneck(E, name="bottleneck")(a4)
+    if not cfg.use_transformer:
+        return z
+    t = layers.Reshape((cfg.num_tokens, E), name="to_tokens")(z)
+    t = PositionEmbedding(name="position_embedding")(t)
+    t = layers.Dropout(cfg.dropout_rate, name="pe_dropout")(t)
+    for i in range(cfg.num_layers):
+        t = TransformerLayer(cfg.num_heads, cfg.mlp_dim, cfg.dropout_rate, cfg.attn_dropout_rate,
+                             double_output_dropout=cfg.released_attention_dropout,
+                             name=f"transformer_{i}")(t)
+    return layers.Reshape((*cfg.token_grid, E), name="from_tokens")(t)
+
+
+def _msf_pyramid(features: dict, cfg: MISSUConfig) -> dict:
+    """The MSF branch (training-only unless ms_output): Abar_s, then the pyramid B_s (Eq. 3)."""
+    pyramid, prev = {}, None
+    for s in (1, 2, 3):
+        abar = MultiScaleFusion(cfg.msf_shared_weights, name=f"msf{s}")(features[f"A{s}"])
+        prev = abar if prev is None else PyramidFusion(name=f"msf_pyramid{s}")([abar, prev])
+        pyramid[f"B{s}"] = prev
+    return pyramid
+
+
+def _decoder(z, features: dict, cfg: MISSUConfig):
+    """Bottleneck1/2, then UpCat + DeBlock per scale with the skips (A_s, or B_s in
+    ms_output), and the 1x1x1 classifier: the logits."""
+    widths = _widths(cfg)
+    skip_key = "B" if cfg.msf_mode == "ms_output" else "A"
+    y = DeBlock(widths[3], residual=False, name="decoder_bottleneck1")(z)
+    y = DeBlock(widths[3], residual=True, name="decoder_bottleneck2")(y)
+    for s in (3, 2, 1):
+        # Fig. 5: with n skip connections, the n deepest ones are kept.
+        use_skip = (4 - s) <= cfg.num_skip_connections
+        up = UpCat(widths[s - 1], name=f"deup{s + 1}")
+        y = up([y, features[f"{skip_key}{s}"]]) if use_skip else up(y)
+        y = DeBlock(widths[s - 1], residual=True, name=f"deblock{s + 1}")(y)
+    return layers.Conv3D(cfg.num_classes, 1, name="endconv")(y)

@@ -6,22 +6,40 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from missu_keras.compat import (MultiWorkerBuild, compiled_loss, compiled_metrics, is_multi_worker,
+                                 loss_tracker)
 from missu_keras.config import MISSUConfig
+from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.layers import SelfDistillationLoss
 from missu_keras.layers.base import register
 from missu_keras.losses import get_segmentation_loss
 from missu_keras.models.backbone import MISSUBackbone
-from missu_keras.presets import get_preset_config
+from missu_keras.weights import preset_io
 
 
-def _is_multi_worker(strategy) -> bool:
-    extended = getattr(strategy, "extended", None)
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
-        getattr(extended, "_in_multi_worker_mode", lambda: False)())
+def _as_preprocessing(value, config: MISSUConfig):
+    """``value`` (``None``, a `PreprocessingConfig` or its dict) as a `PreprocessingConfig`,
+    checked against the network's channels and classes."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = PreprocessingConfig.from_dict(dict(value))
+    if not isinstance(value, PreprocessingConfig):
+        raise ValueError(
+            "preprocessing must be a missu_keras.data.PreprocessingConfig, its dict or None; "
+            f"received {type(value).__name__}"
+        )
+    if value.num_channels != config.in_channels or value.num_classes != config.num_classes:
+        raise ValueError(
+            f"preprocessing lists {value.num_channels} modalities {list(value.modalities)} and "
+            f"label convention {value.label_convention!r} ({value.num_classes} classes), but "
+            f"the network has in_channels={config.in_channels}, num_classes={config.num_classes}"
+        )
+    return value
 
 
 @register
-class MISSU(keras.Model):
+class MISSU(MultiWorkerBuild, keras.Model):
     """MISSU for ``model.fit``: a `MISSUBackbone` plus the training loss of Eq. 6.
 
     ``call`` returns only the class probabilities ``(B, H, W, D, num_classes)``; the
@@ -54,12 +72,10 @@ class MISSU(keras.Model):
         name = config.pop("name", "missu")
         trainable = config.pop("trainable", True)
         config.pop("dtype", None)
-        # The data preprocessing contract (modalities, normalisation, label map, patch
-        # size; `missu_keras.data.PreprocessingConfig.to_dict()`) travels with the model
-        # so inference can never disagree with training (nnU-Net's habit).
-        self.preprocessing = config.pop("preprocessing", None)
+        preprocessing = config.pop("preprocessing", None)
         self.config = MISSUConfig.from_dict(config)
         super().__init__(name=name, trainable=trainable)
+        self.preprocessing = preprocessing
         self.backbone = MISSUBackbone(**self.config.to_dict(), name="backbone")
         self.sd_loss_fn = SelfDistillationLoss(
             teacher_stop_gradient=self.config.teacher_stop_gradient,
@@ -70,19 +86,44 @@ class MISSU(keras.Model):
         self.sd_loss_tracker = keras.metrics.Mean(name="sd_loss")
         self.built = True
 
+    # --- presets -------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, name, **overrides):
-        """Builds the preset ``name`` (see `missu_keras.list_presets`) with any
-        configuration names overridden, e.g. ``image_size=64``."""
-        config = get_preset_config(name)
-        unknown = sorted(set(overrides) - set(MISSUConfig.field_names()) - {"preprocessing"})
-        if unknown:
-            raise ValueError(
-                f"Unknown configuration names {unknown}; accepted: "
-                f"{MISSUConfig.field_names() + ['preprocessing']}"
-            )
-        config.update(overrides)
-        return cls(**config)
+    def from_preset(cls, preset, **overrides):
+        """A `MISSU` from a preset name, a saved preset folder, a ``.keras`` file or a
+        ``missu-keras train`` output folder, with any configuration names overridden
+        (e.g. ``image_size=64``, or ``preprocessing=``).
+
+        - a name (`missu_keras.list_presets`): the preset's configuration and
+          preprocessing contract, randomly initialised (published weights:
+          `missu_keras.load_pretrained`);
+        - a folder written by `save_to_preset`: its configuration, weights and
+          preprocessing, exactly;
+        - a ``.keras`` file of a `MISSU`, or a train output folder (its
+          ``checkpoints/best.keras``, else ``last.keras``).
+
+        Raises ``ValueError`` for an unknown name or configuration name (listing the
+        accepted ones) and ``FileNotFoundError`` for a path that does not exist.
+        """
+        return preset_io.from_preset(cls, preset, overrides)
+
+    def save_to_preset(self, preset_dir):
+        """Writes this model as a preset folder (``config.json``, ``model.weights.h5``,
+        ``preprocessing.json``, ``metadata.json``; each file atomically) that
+        `from_preset` reads back exactly; returns the folder as a ``Path``."""
+        return preset_io.save_to_preset(self, preset_dir)
+
+    # The data preprocessing contract (modalities, normalisation, label map, patch size)
+    # travels with the model so inference can never disagree with training (nnU-Net's
+    # habit); `get_config` stores it as its dict.
+    @property
+    def preprocessing(self):
+        """The `missu_keras.data.PreprocessingConfig` this model was trained with, or
+        ``None``. Assign a `PreprocessingConfig`, its dict or ``None``."""
+        return self._preprocessing
+
+    @preprocessing.setter
+    def preprocessing(self, value):
+        self._preprocessing = _as_preprocessing(value, self.config)
 
     # --- inference -----------------------------------------------------------------
     def call(self, inputs, training=None):
@@ -118,7 +159,7 @@ class MISSU(keras.Model):
         return seg, sd, outputs
 
     def _check_compiled_loss(self):
-        if self._compile_loss is not None:
+        if compiled_loss(self) is not None:
             raise ValueError(
                 "MISSU computes its own loss (seg_loss + distill_weight * L_sd); compile "
                 "without `loss=` and choose the segmentation loss with the `seg_loss` "
@@ -140,32 +181,17 @@ class MISSU(keras.Model):
         return loss, seg, sd, total, outputs["probabilities"], local_batch, y, sample_weight
 
     def _update_metrics(self, seg, sd, total, probs, local_batch, y, sample_weight):
-        self._loss_tracker.update_state(ops.mean(total), sample_weight=local_batch)
+        loss_tracker(self).update_state(ops.mean(total), sample_weight=local_batch)
         self.seg_loss_tracker.update_state(ops.mean(seg), sample_weight=local_batch)
         self.sd_loss_tracker.update_state(ops.mean(sd), sample_weight=local_batch)
-        if self._compile_metrics is not None:
-            self._compile_metrics.update_state(y, probs, sample_weight)
+        if compiled_metrics(self) is not None:
+            compiled_metrics(self).update_state(y, probs, sample_weight)
         logs = self.get_metrics_result()
-        if _is_multi_worker(tf.distribute.get_strategy()):
+        if is_multi_worker(tf.distribute.get_strategy()):
             # Keras reduces the step logs across workers with `reduce(MEAN, axis=0)`,
             # which fails on scalars (known-pitfalls 4): hand it one-element vectors.
             logs = {k: ops.reshape(v, (1,)) for k, v in logs.items()}
         return logs
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under MultiWorkerMirroredStrategy Keras would reduce the first distributed
-        # batch across workers in eager mode, which fails (known-pitfalls 4); build
-        # from this worker's own first replica batch instead.
-        strategy = self._distribute_strategy
-        if iterator is not None and strategy is not None and _is_multi_worker(strategy):
-            for _, _, it in iterator:
-                batch = next(it)
-                data_batch = tf.nest.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v, batch)
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
         self._check_compiled_loss()
@@ -183,8 +209,9 @@ class MISSU(keras.Model):
 
     # --- config --------------------------------------------------------------------
     def get_config(self):
+        prep = self.preprocessing
         return {"name": self.name, "trainable": self.trainable, **self.config.to_dict(),
-                "preprocessing": self.preprocessing}
+                "preprocessing": None if prep is None else prep.to_dict()}
 
     @classmethod
     def from_config(cls, config):

@@ -1,47 +1,14 @@
-"""The ``missu-keras synth`` subcommand: write synthetic BraTS / CHAOS cases.
+"""``missu-keras synth``: write synthetic BraTS (NIfTI) or CHAOS (DICOM + PNG) cases.
 
 ``missu-keras synth brats OUT --cases N --seed S [--shape H W D] [--layout 2019|2020|2021|2023] [--nii] [--no-seg]``
 ``missu-keras synth chaos OUT --cases N --seed S [--shape H W D] [--no-t2spir]``
-
->>> import argparse, tempfile
->>> parser = argparse.ArgumentParser(prog="missu-keras")
->>> register(parser.add_subparsers(dest="command"))
->>> out = tempfile.mkdtemp()
->>> args = parser.parse_args(["synth", "brats", out, "--cases", "1", "--shape", "24", "24", "16"])
->>> args.func(args)  # doctest: +ELLIPSIS
-wrote 1 synthetic BraTS 2021 case(s) of shape 24x24x16 to ...
-0
 """
 
 from __future__ import annotations
 
 import argparse
 
-from missu_keras.data.brats import BRATS_LAYOUTS
-
-
-def _synth_brats(args) -> int:
-    from missu_keras.data.synthetic import write_synthetic_brats
-
-    shape = tuple(args.shape) if args.shape else (240, 240, 155)
-    dirs = write_synthetic_brats(
-        args.out, num_cases=args.cases, seed=args.seed, shape=shape, layout=args.layout,
-        extension=".nii" if args.nii else ".nii.gz", with_seg=not args.no_seg,
-    )
-    print(f"wrote {len(dirs)} synthetic BraTS {args.layout} case(s) of shape "
-          f"{'x'.join(map(str, shape))} to {args.out}")
-    return 0
-
-
-def _synth_chaos(args) -> int:
-    from missu_keras.data.synthetic import write_synthetic_chaos
-
-    shape = tuple(args.shape) if args.shape else (256, 256, 32)
-    dirs = write_synthetic_chaos(args.out, num_cases=args.cases, seed=args.seed, shape=shape,
-                                 t2spir=not args.no_t2spir)
-    print(f"wrote {len(dirs)} synthetic CHAOS MR case(s) of shape {'x'.join(map(str, shape))} "
-          f"to {args.out}/Train_Sets/MR")
-    return 0
+from missu_keras.data.brats import BRATS_LAYOUTS  # light: no TensorFlow
 
 
 def _positive(text: str) -> int:
@@ -52,14 +19,8 @@ def _positive(text: str) -> int:
 
 
 def register(subparsers) -> None:
-    """Adds ``synth {brats,chaos}`` to an ``argparse`` subparsers object.
-
-    Each leaf parser stores its handler with ``set_defaults(func=handler)``;
-    ``handler(args)`` writes the cases and returns the exit code 0.
-    """
     synth = subparsers.add_parser(
-        "synth", help="write synthetic BraTS (NIfTI) or CHAOS (DICOM + PNG) cases in the real layouts"
-    )
+        "synth", help="write synthetic BraTS (NIfTI) or CHAOS (DICOM + PNG) cases in the real layouts")
     kinds = synth.add_subparsers(dest="dataset", required=True)
 
     p = kinds.add_parser("brats", help="BraTS-layout NIfTI cases (brain, 4 modalities, tumour labels)")
@@ -72,7 +33,7 @@ def register(subparsers) -> None:
                    help="file layout (default 2021; 2023 uses t2f/t1c/t1n/t2w and ET label 3)")
     p.add_argument("--nii", action="store_true", help="write uncompressed .nii instead of .nii.gz")
     p.add_argument("--no-seg", action="store_true", help="omit the seg files (prediction-only cases)")
-    p.set_defaults(func=_synth_brats)
+    p.set_defaults(func=run_brats)
 
     c = kinds.add_parser("chaos", help="CHAOS-layout MR cases: T1DUAL / T2SPIR DICOM + Ground PNG masks")
     c.add_argument("out", help="output folder (Train_Sets/MR/<id>/... is created inside)")
@@ -81,4 +42,28 @@ def register(subparsers) -> None:
     c.add_argument("--shape", type=_positive, nargs=3, metavar=("H", "W", "D"),
                    help="rows, columns, slices (default 256 256 32)")
     c.add_argument("--no-t2spir", action="store_true", help="write only the T1DUAL series")
-    c.set_defaults(func=_synth_chaos)
+    c.set_defaults(func=run_chaos)
+
+
+def run_brats(args) -> int:
+    from missu_keras.data.synthetic import write_synthetic_brats  # NumPy + nibabel, at run time
+
+    shape = tuple(args.shape) if args.shape else (240, 240, 155)
+    dirs = write_synthetic_brats(
+        args.out, num_cases=args.cases, seed=args.seed, shape=shape, layout=args.layout,
+        extension=".nii" if args.nii else ".nii.gz", with_seg=not args.no_seg,
+    )
+    print(f"wrote {len(dirs)} synthetic BraTS {args.layout} case(s) of shape "
+          f"{'x'.join(map(str, shape))} to {args.out}")
+    return 0
+
+
+def run_chaos(args) -> int:
+    from missu_keras.data.synthetic import write_synthetic_chaos  # pydicom + Pillow, at run time
+
+    shape = tuple(args.shape) if args.shape else (256, 256, 32)
+    dirs = write_synthetic_chaos(args.out, num_cases=args.cases, seed=args.seed, shape=shape,
+                                 t2spir=not args.no_t2spir)
+    print(f"wrote {len(dirs)} synthetic CHAOS MR case(s) of shape {'x'.join(map(str, shape))} "
+          f"to {args.out}/Train_Sets/MR")
+    return 0

@@ -1,13 +1,9 @@
-"""``missu-keras score``: score existing segmentations (any method's NIfTI) against GT.
+"""Scoring existing segmentations (any method's NIfTI) against ground truth by case name:
+the library behind ``missu-keras score`` (`missu_keras.cli.score`).
 
-Usage::
-
-    missu-keras score --pred PRED_DIR --gt GT_DIR --out OUT_DIR [--convention brats]
-
-Writes ``OUT_DIR/cases.csv`` (``case, WT_dice, WT_hd95, ...``), ``OUT_DIR/summary.json``
-(``{region: {metric: {mean, std, median}}}``) and ``OUT_DIR/convention.txt``, and prints
-a table and the scoring convention (`missu_keras.metrics.CONVENTION`). Input files are
-only read.
+`score_directories` pairs the files, scores each case (`missu_keras.metrics.score_case`)
+and summarises; `missu_keras.metrics.write_scores` writes ``cases.csv``,
+``summary.json`` and ``convention.txt``. Input files are only read.
 
 How files are matched by case name (`index_segmentations`, applied to both folders,
 searched recursively, ``.nii.gz`` or ``.nii``):
@@ -30,19 +26,16 @@ are an error with ``--require-all``. Two files giving the same case name are an 
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from missu_keras.labels import LABEL_CONVENTIONS, get_label_convention
-from missu_keras.metrics import (CONVENTION, format_summary_table, score_case, summarize,
-                                 write_scores)
+from missu_keras.data.io import is_nifti, read_nifti_data, read_nifti_header, strip_nifti_suffix
+from missu_keras.labels import get_label_convention
+from missu_keras.metrics import score_case, summarize
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SEG_SUFFIXES = ("_seg", "-seg")
 SEG_STEMS = ("seg",)
 # Files that are never segmentations: probability maps and BraTS modalities.
@@ -55,12 +48,9 @@ IGNORED_SUFFIXES = tuple(
 
 
 def _nifti_stem(filename: str) -> Optional[str]:
-    if filename.startswith("."):
+    if filename.startswith(".") or not is_nifti(filename):
         return None
-    for suffix in NIFTI_SUFFIXES:
-        if filename.endswith(suffix) and len(filename) > len(suffix):
-            return filename[: -len(suffix)]
-    return None
+    return strip_nifti_suffix(filename) or None
 
 
 def case_name(path) -> Optional[str]:
@@ -159,14 +149,8 @@ def match_cases(pred_dir, gt_dir, require_all: bool = False
 
 
 def _load_labels(path: Path, convention) -> Tuple[np.ndarray, object]:
-    import nibabel as nib
-
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D label volume; received shape {data.shape}")
+    shape, _, img = read_nifti_header(path)  # ValueError naming the file when unreadable
+    data = read_nifti_data(Path(path), img, shape, None)
     convention.to_classes(data, source=str(path))  # raises on labels outside it
     return data, img.header
 
@@ -201,65 +185,3 @@ def score_directories(pred_dir, gt_dir, convention="brats", require_all: bool = 
             dice = "  ".join(f"{r} {row[f'{r}_dice']:.4f}" for r in conv.regions)
             log(f"[{i}/{len(pairs)}] {case}: Dice {dice}")
     return rows, summarize(rows), missing
-
-
-def handler(args) -> int:
-    """Runs ``missu-keras score``; returns the exit code (2 on a usage or data error)."""
-    try:
-        rows, summary, missing = score_directories(
-            args.pred, args.gt, args.convention, require_all=args.require_all,
-            log=print,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        print(f"missu-keras score: error: {e}", file=sys.stderr)
-        return 2
-    paths = write_scores(args.out, rows, summary)
-    print()
-    print(f"Scored {len(rows)} case(s): predictions {args.pred} vs ground truth {args.gt} "
-          f"({args.convention} convention)")
-    if missing:
-        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        print(f"{len(missing)} ground-truth case(s) without a prediction were not scored: "
-              f"{shown}")
-    print(format_summary_table(summary))
-    print()
-    print(CONVENTION)
-    print()
-    print(f"Wrote {paths['cases']}, {paths['summary']} and {paths['convention']}")
-    return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--pred", required=True, help="folder of predicted segmentations")
-    parser.add_argument("--gt", required=True, help="folder of ground-truth segmentations")
-    parser.add_argument("--out", required=True,
-                        help="output folder for cases.csv, summary.json, convention.txt")
-    parser.add_argument("--convention", default="brats", choices=sorted(LABEL_CONVENTIONS),
-                        help="label convention of both folders (default: brats)")
-    parser.add_argument("--require-all", action="store_true",
-                        help="fail if a ground-truth case has no prediction")
-    parser.set_defaults(func=handler)
-    return parser
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    """Adds ``score`` to an ``argparse`` subparsers object; returns its parser."""
-    parser = subparsers.add_parser(
-        "score",
-        help="score existing NIfTI segmentations against ground truth",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return add_arguments(parser)
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry (``python -m missu_keras.scoring_cli``) until ``cli`` wires it."""
-    parser = argparse.ArgumentParser(prog="missu-keras")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

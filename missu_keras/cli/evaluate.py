@@ -1,0 +1,31 @@
+"""``missu-keras evaluate``: segment labelled cases and score them
+(`missu_keras.evaluation.evaluate`)."""
+
+from __future__ import annotations
+
+from missu_keras.cli.common import add_inference_arguments, segmenter_kwargs, weights_argument
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "evaluate", help="segment labelled cases and score them (Dice, HD95, ...)",
+        description="Segments every case with a ground truth under DATA and writes cases.csv, "
+                    "summary.json and convention.txt to --out.")
+    p.add_argument("data", help="folder of labelled cases (BraTS or CHAOS)")
+    p.add_argument("--out", required=True, help="output folder")
+    add_inference_arguments(p)
+    p.add_argument("--cases", nargs="+", help="only these case ids")
+    p.add_argument("--save-predictions", action="store_true", help="also write predictions/<case>.nii.gz")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="leave out cases that fail validation instead of stopping")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from missu_keras.evaluation import evaluate  # loads TensorFlow: at run time, not for --help
+
+    evaluate(args.model, args.data, args.out, weights=weights_argument(args.weights), layout=args.layout,
+             case_ids=args.cases, save_predictions=args.save_predictions,
+             skip_invalid=args.skip_invalid, **segmenter_kwargs(args))
+    return 0

@@ -1,0 +1,72 @@
+"""``missu-keras export``: the inference-only SavedModel for TF-Serving (OUT/NAME/VERSION),
+`missu_keras.export.export_savedmodel`. ``export/export_savedmodel.py`` runs the same
+command on its own (`export_main`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from missu_keras.cli.common import (USER_ERRORS, add_set_option, int_or_triple_arg, quiet_tensorflow,
+                                    set_options, weights_argument)
+
+
+def add_export_arguments(p) -> None:
+    p.add_argument("--preset", required=True,
+                   help="preset name (brats, chaos, tiny), a saved preset folder or a .keras file")
+    p.add_argument("--weights", default="published",
+                   help="'published' (default: a preset name's published weights, a saved preset "
+                        "folder's or .keras file's own), 'none' (random initialisation), or a "
+                        ".weights.h5, .keras, preset folder, .npz or .pth/.pt file")
+    p.add_argument("--out", required=True, help="folder that receives <name>/<version>/")
+    p.add_argument("--name", default="missu", help="model name (TF-Serving MODEL_NAME; default missu)")
+    p.add_argument("--version", type=int, default=None, help="integer version (default: the next free one)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="N",
+                   help="patch size override: N or H W D (multiples of 8)")
+    add_set_option(p)
+    p.add_argument("--overlap", type=float, default=0.5,
+                   help="segment_volume sliding-window overlap (default 0.5)")
+    p.add_argument("--sw-batch-size", type=int, default=1,
+                   help="segment_volume windows per model call (default 1)")
+    p.add_argument("--pad-to-multiple", action="store_true",
+                   help="segment_volume: pad the cropped scan to the preprocessing's pad_multiple "
+                        "before the sliding window, as whole-volume validation does (default: "
+                        "off, as missu-keras predict)")
+    p.set_defaults(func=run)
+
+
+def register(subparsers):
+    p = subparsers.add_parser("export", help="inference-only SavedModel for TF-Serving (OUT/NAME/VERSION)")
+    add_export_arguments(p)
+
+
+def run(args) -> int:
+    # The library loads TensorFlow: imported when the command runs, not for --help.
+    from missu_keras.export import export_savedmodel
+    from missu_keras.pretrained import load_pretrained
+
+    overrides = set_options(args)
+    if args.image_size:
+        overrides["image_size"] = int_or_triple_arg(args.image_size)
+    model = load_pretrained(args.preset, weights=weights_argument(args.weights), training_model=True,
+                            **overrides)
+    export_savedmodel(model, args.out, name=args.name, version=args.version,
+                      overwrite=args.overwrite, preset=args.preset, overlap=args.overlap,
+                      sw_batch_size=args.sw_batch_size, pad_to_multiple=args.pad_to_multiple)
+    return 0
+
+
+def export_main(argv=None) -> int:
+    """``python export/export_savedmodel.py ...``: the ``export`` command on its own."""
+    parser = argparse.ArgumentParser(
+        prog="export_savedmodel.py",
+        description="Export an inference-only MISSU SavedModel for TF-Serving (OUT/NAME/VERSION).")
+    add_export_arguments(parser)
+    args = parser.parse_args(argv)
+    quiet_tensorflow()
+    try:
+        return run(args)
+    except USER_ERRORS as err:
+        print(f"export_savedmodel.py: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,53 @@
+"""``missu-keras score``: score existing segmentations (any method's NIfTI) against ground
+truth.
+
+    missu-keras score --pred PRED_DIR --gt GT_DIR --out OUT_DIR [--convention brats]
+
+Writes ``OUT_DIR/cases.csv`` (``case, WT_dice, WT_hd95, ...``), ``OUT_DIR/summary.json``
+(``{region: {metric: {mean, std, median}}}``) and ``OUT_DIR/convention.txt``, and prints
+a table and the scoring convention. How files are paired by case name:
+`missu_keras.scoring`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from missu_keras.labels import LABEL_CONVENTIONS  # light: no TensorFlow
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "score", help="score existing NIfTI segmentations against ground truth",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pred", required=True, help="folder of predicted segmentations")
+    p.add_argument("--gt", required=True, help="folder of ground-truth segmentations")
+    p.add_argument("--out", required=True, help="output folder for cases.csv, summary.json, convention.txt")
+    p.add_argument("--convention", default="brats", choices=sorted(LABEL_CONVENTIONS),
+                   help="label convention of both folders (default: brats)")
+    p.add_argument("--require-all", action="store_true",
+                   help="fail if a ground-truth case has no prediction")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    # scipy / Keras metrics: imported when the command runs, not for --help.
+    from missu_keras.metrics import CONVENTION, format_summary_table, write_scores
+    from missu_keras.scoring import score_directories
+
+    rows, summary, missing = score_directories(args.pred, args.gt, args.convention,
+                                               require_all=args.require_all, log=print)
+    paths = write_scores(args.out, rows, summary)
+    print()
+    print(f"Scored {len(rows)} case(s): predictions {args.pred} vs ground truth {args.gt} "
+          f"({args.convention} convention)")
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        print(f"{len(missing)} ground-truth case(s) without a prediction were not scored: {shown}")
+    print(format_summary_table(summary))
+    print()
+    print(CONVENTION)
+    print()
+    print(f"Wrote {paths['cases']}, {paths['summary']} and {paths['convention']}")
+    return 0

@@ -1,0 +1,144 @@
+"""NIfTI files in and out, and the names of case files: the one home for both.
+
+Reading is read-only and names the file in every error (``ValueError`` for a file that is
+not a readable NIfTI, ``FileNotFoundError`` for a missing one). Writing is atomic (a
+temporary name in the same folder, synced, then renamed; `missu_keras.files`), gives the
+same bytes for the same inputs (gzip without a timestamp), and writes label maps with an
+integer data type and the scaling (slope / intercept) cleared, so no reader rescales them.
+
+>>> import tempfile, pathlib, numpy as np
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> labels = np.zeros((4, 5, 6), np.uint8); labels[1, 2, 3] = 4
+>>> path = write_nifti(folder / "case_0001.nii.gz", labels, np.eye(4))
+>>> data, affine = read_nifti(path, dtype=None)
+>>> data.dtype, int(data[1, 2, 3]), strip_nifti_suffix(path.name)
+(dtype('uint8'), 4, 'case_0001')
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Optional, Tuple
+
+import nibabel
+import numpy as np
+
+from missu_keras.files import atomic_path
+
+NIFTI_SUFFIXES: Tuple[str, ...] = (".nii.gz", ".nii")
+
+
+def strip_nifti_suffix(name: str) -> str:
+    """``"BraTS2021_00001_flair.nii.gz"`` -> ``"BraTS2021_00001_flair"`` (``.nii`` too);
+    other names are returned unchanged.
+
+    >>> strip_nifti_suffix("a.nii"), strip_nifti_suffix("b.nii.gz"), strip_nifti_suffix("c.txt")
+    ('a', 'b', 'c.txt')
+    """
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_nifti(path) -> bool:
+    return str(path).endswith(NIFTI_SUFFIXES)
+
+
+def read_nifti_header(path) -> Tuple[Tuple[int, ...], np.ndarray, object]:
+    """Reads only the header: returns ``(shape, affine, image)``; the data stay on disk.
+
+    A file that is not a readable NIfTI raises ``ValueError`` naming it. Trailing
+    singleton dimensions are dropped from ``shape``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        img = nibabel.load(str(path), mmap=False)
+        shape = tuple(int(s) for s in img.shape)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # nibabel raises many types for a broken file
+        raise ValueError(
+            f"{path}: cannot read NIfTI header: expected a NIfTI-1/2 image, found "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise ValueError(f"{path}: expected a 3-D volume, found shape {tuple(img.shape)}")
+    return shape, affine, img
+
+
+def read_nifti_data(path: Path, img, shape, dtype) -> np.ndarray:
+    """The voxels of an opened NIfTI ``img`` (from `read_nifti_header`) as ``shape``:
+    ``dtype`` as in `read_nifti`; ``ValueError`` naming ``path`` for unreadable data."""
+    try:
+        if dtype is None:
+            data = np.asanyarray(img.dataobj)
+        elif np.dtype(dtype).kind == "f":
+            data = np.asarray(img.get_fdata(dtype=dtype))
+        else:
+            data = np.asanyarray(img.dataobj).astype(dtype, copy=False)
+    except Exception as exc:  # truncated gzip: EOFError, zlib.error, OSError ...
+        raise ValueError(
+            f"{path}: cannot read NIfTI data: expected {int(np.prod(shape))} voxels of a "
+            f"readable image, found {type(exc).__name__}: {exc}"
+        ) from exc
+    return data.reshape(shape)
+
+
+def read_nifti(path, dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:
+    """Reads a NIfTI volume read-only: returns ``(data (H, W, D), affine (4, 4))``.
+
+    ``dtype``: a float type -> scaled data as that type; ``None`` -> the stored values
+    as stored (scaled if the header says so); another type -> cast to it.
+    """
+    shape, affine, img = read_nifti_header(path)
+    return read_nifti_data(Path(path), img, shape, dtype), affine
+
+
+def check_finite(array: np.ndarray, source) -> None:
+    """``ValueError`` naming ``source`` if ``array`` holds NaN or inf."""
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array)
+        n = int(bad.sum())
+        if n:
+            raise ValueError(
+                f"{source}: expected finite values, found {n} non-finite voxel(s) "
+                f"(NaN/inf), first at index {tuple(int(i) for i in np.argwhere(bad)[0])}"
+            )
+
+
+def write_nifti(path, data: np.ndarray, affine: np.ndarray, header=None,
+                description: Optional[str] = None) -> Path:
+    """Writes ``data`` (3-D, or 4-D with channels last) as NIfTI-1 to ``path``, atomically.
+
+    ``header``: a reference header (e.g. the input scan's) whose geometry and units are
+    kept; its data type and scaling are replaced by ``data``'s. Integer data (label maps)
+    are written with slope 1 / intercept 0, float data as float32-or-wider as given.
+    ``.nii.gz`` is gzip-compressed without a timestamp: the same inputs give the same
+    bytes. Returns the path.
+    """
+    path = Path(path)
+    data = np.asarray(data)
+    if not is_nifti(path):
+        raise ValueError(f"{path}: a NIfTI output must end in .nii.gz or .nii")
+    header = header.copy() if header is not None else None
+    img = nibabel.Nifti1Image(data, np.asarray(affine, np.float64), header)
+    img.set_data_dtype(data.dtype)
+    img.header.set_slope_inter(1.0, 0.0)
+    if header is None:
+        img.header.set_xyzt_units("mm", "sec")
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+    if description is not None:
+        img.header["descrip"] = description.encode("ascii", "replace")[:79]
+    raw = img.to_bytes()
+    if path.name.endswith(".gz"):
+        raw = gzip.compress(raw, compresslevel=1, mtime=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(raw)
+    return path

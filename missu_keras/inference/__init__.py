@@ -1,0 +1,57 @@
+"""Inference, written once in TensorFlow and used by every caller.
+
+- `sliding_window`: window placement (`window_starts`), the Gaussian importance map
+  (`importance_map`), `sliding_window_inference` (the window loop with optional flip
+  TTA, graph-safe) and `SlidingWindowInferer` (its settings; ``inferer(predictor,
+  volume)`` from NumPy, ``inferer.sliding_window(predictor, tensor)`` in a graph).
+- `pipeline`: `segment_volume` (raw scan -> crop, normalisation, sliding window, argmax,
+  label map, uncrop; in parts `prepare_volume`, the sliding window, `finish_volume`) and
+  `segment_patches` (preprocessed patches -> probabilities and labels), both refusing
+  NaN / Inf input in the graph.
+- `segmenter`: `Segmenter` (a model and its preprocessing contract; loaded case ->
+  `Segmentation`), used by ``predict``, ``evaluate`` and the demo.
+
+``missu_keras.export`` builds both SavedModel signatures from `pipeline`; the validation
+callback of ``train`` runs `SlidingWindowInferer` on cached, preprocessed cases.
+"""
+
+from missu_keras.inference.pipeline import (as_preprocessing_config, finish_volume,
+                                            labels_from_probabilities, prepare_volume,
+                                            segment_patches, segment_volume)
+from missu_keras.inference.segmenter import Segmentation, Segmenter, default_preprocessing
+from missu_keras.inference.sliding_window import (FLIPS, MIN_IMPORTANCE, MODES, NON_FINITE,
+                                                  PRECISIONS, SlidingWindowInferer,
+                                                  ensure_finite, importance_map,
+                                                  output_classes, probabilities_of,
+                                                  rebuild_with_dtype_policy,
+                                                  refusing_non_finite,
+                                                  sliding_window_inference, window_corners,
+                                                  window_starts, window_starts_tensor)
+
+__all__ = [
+    "FLIPS",
+    "MIN_IMPORTANCE",
+    "MODES",
+    "NON_FINITE",
+    "PRECISIONS",
+    "Segmentation",
+    "Segmenter",
+    "SlidingWindowInferer",
+    "as_preprocessing_config",
+    "default_preprocessing",
+    "ensure_finite",
+    "finish_volume",
+    "importance_map",
+    "labels_from_probabilities",
+    "output_classes",
+    "prepare_volume",
+    "probabilities_of",
+    "rebuild_with_dtype_policy",
+    "refusing_non_finite",
+    "segment_patches",
+    "segment_volume",
+    "sliding_window_inference",
+    "window_corners",
+    "window_starts",
+    "window_starts_tensor",
+]

@@ -1,0 +1,297 @@
+"""`train`: one training run, in stages (data -> model -> run folder -> callbacks -> fit).
+See `missu_keras.training` for what a run folder holds and how it resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Union
+
+import keras
+import tensorflow as tf
+
+from missu_keras.config import int_or_triple
+from missu_keras.data.brats import find_brats_cases
+from missu_keras.data.cache import build_cache
+from missu_keras.data.chaos import find_chaos_cases
+from missu_keras.data.pipeline import make_training_dataset
+from missu_keras.data.preprocessing import PreprocessingConfig
+from missu_keras.distribute import choose_strategy, is_chief, worker_tag
+from missu_keras.files import write_json_atomic
+from missu_keras.metrics import region_dice_metrics
+from missu_keras.models import MISSU
+from missu_keras.optimizers import paper_optimizer
+from missu_keras.presets import get_preset_config
+from missu_keras.training.callbacks import DropNaN, LogLearningRate, SlidingWindowValidation
+from missu_keras.training.config import RESUMABLE_CHANGES, TrainConfig
+from missu_keras.version import __version__
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: the trained `missu_keras.MISSU`, ``fit``'s History, the
+    output folder and the epoch training started from (> 0 after a resumption)."""
+
+    model: Any
+    history: Any
+    out: Path
+    initial_epoch: int
+
+
+@dataclasses.dataclass
+class _Data:
+    """The training data of a run: the cache, the split, the contract, the patch."""
+
+    cache: Any
+    train_ids: List[str]
+    val_ids: List[str]
+    preprocessing: PreprocessingConfig
+    patch: tuple
+    steps: int
+
+
+@dataclasses.dataclass
+class _Folders:
+    """Where a worker writes: the chief writes the run folder, other workers (under
+    MultiWorkerMirroredStrategy) a scratch folder of their own, deleted at the end."""
+
+    out: Path
+    write_dir: Path
+    backup_dir: Path
+    chief: bool
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.write_dir / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.write_dir / "tensorboard"
+
+
+def resolve_precision(precision: str) -> str:
+    """``"auto"`` -> ``mixed_float16`` where a GPU is visible, else ``float32``."""
+    if precision != "auto":
+        return precision
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32"
+
+
+def _split(ids: Sequence[str], fraction: float, seed: int):
+    ids = sorted(ids)
+    if fraction <= 0 or len(ids) < 2:
+        return ids, []
+    n_val = min(len(ids) - 1, max(1, int(round(len(ids) * fraction))))
+    order = ids[:]
+    random.Random(seed).shuffle(order)
+    val = sorted(order[:n_val])
+    return [i for i in ids if i not in set(val)], val
+
+
+def _find(data, config: TrainConfig):
+    if config.layout == "chaos":
+        return find_chaos_cases(data, sequence=config.sequence)
+    return find_brats_cases(data, layout=config.layout, require_seg=False)
+
+
+def _preprocessing(config: TrainConfig, cases, patch) -> PreprocessingConfig:
+    if config.layout == "chaos":
+        return PreprocessingConfig.chaos(config.sequence, patch_size=patch)
+    convention = cases[0].label_convention if cases else "brats"
+    return PreprocessingConfig.brats(label_convention=convention, patch_size=patch)
+
+
+def _prepare_data(config: TrainConfig, patch, cache_tag: str, say) -> _Data:
+    """Finds the cases, preprocesses them into the cache, splits them."""
+    cases = _find(config.data, config)
+    val_cases = _find(config.val_data, config) if config.val_data else []
+    preprocessing = _preprocessing(config, cases, patch)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else Path(config.out) / "cache"
+    if cache_tag:
+        cache_dir = cache_dir.with_name(f"{cache_dir.name}-{cache_tag}")
+    labelled = [c for c in cases + val_cases if c.has_seg]
+    if not labelled:
+        raise FileNotFoundError(f"{config.data}: no case with a segmentation to train on")
+    say(f"preprocessing {len(labelled)} cases into {cache_dir}")
+    cache = build_cache(labelled, cache_dir, preprocessing, workers=config.workers,
+                        skip_invalid=config.skip_invalid,
+                        progress=config.verbose not in (0, "0")).cache
+    available = set(cache.case_ids)
+    if config.val_data:
+        val_ids = [c.case_id for c in val_cases if c.case_id in available]
+        train_ids = [c.case_id for c in cases if c.case_id in available]
+    else:
+        train_ids, val_ids = _split([c.case_id for c in cases if c.case_id in available],
+                                    config.val_fraction, config.seed)
+    if not train_ids:
+        raise ValueError(f"no training cases left after the validation split of {config.data}")
+    steps = config.steps_per_epoch or max(1, math.ceil(len(train_ids) / config.batch_size))
+    return _Data(cache, train_ids, val_ids, preprocessing, patch, steps)
+
+
+def _model_overrides(config: TrainConfig, preset: dict, data: _Data) -> Dict[str, Any]:
+    """The MISSUConfig overrides of a run: the patch, the data's channels and classes (a
+    contradicting override is an error), the loss settings."""
+    patch, preprocessing = data.patch, data.preprocessing
+    overrides = dict(config.model)
+    overrides["image_size"] = list(patch) if len(set(patch)) > 1 else patch[0]
+    for key, value in (("in_channels", preprocessing.num_channels),
+                       ("num_classes", preprocessing.num_classes)):
+        given = overrides.get(key, preset[key])
+        if key in overrides and int(given) != value:
+            raise ValueError(f"model {key}={given} does not match the data ({value}: "
+                             f"{list(preprocessing.modalities)} / {preprocessing.label_convention})")
+        overrides[key] = value
+    if config.loss is not None:
+        overrides["seg_loss"] = config.loss
+    if config.distill_weight is not None:
+        overrides["distill_weight"] = float(config.distill_weight)
+    return overrides
+
+
+def _build_model(config: TrainConfig, overrides: dict, data: _Data, precision: str, strategy) -> MISSU:
+    """The compiled MISSU (seeded, under the precision policy and the strategy's scope)."""
+    keras.utils.set_random_seed(config.seed)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        with strategy.scope():
+            model = MISSU.from_preset(config.preset, preprocessing=data.preprocessing, **overrides)
+            model.compile(
+                optimizer=paper_optimizer(config.epochs * data.steps, learning_rate=config.learning_rate),
+                metrics=region_dice_metrics(data.preprocessing.label_convention),
+            )
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    return model
+
+
+def _check_resumable(out: Path, stored: Dict[str, Any]):
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())
+    old, new = dict(previous.get("train", {})), dict(stored["train"])
+    for k in RESUMABLE_CHANGES:
+        old.pop(k, None), new.pop(k, None)
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k)]
+    if previous.get("model") != stored["model"]:
+        diffs.append("model configuration")
+    if diffs:
+        raise ValueError(
+            f"{out} holds a run with a different configuration ({'; '.join(diffs)}); resume "
+            "it with its own settings or choose a new --out"
+        )
+
+
+def _open_run_folder(config: TrainConfig, data: _Data, model: MISSU, precision: str, strategy,
+                     say) -> tuple:
+    """Checks that ``out`` holds no other run, writes ``config.json`` and ``split.json``
+    (chief only) and returns ``(folders, initial epoch)`` read from the backup."""
+    out, tag = Path(config.out), worker_tag(strategy)
+    stored = {"train": config.to_dict(), "model": model.config.to_dict(),
+              "preprocessing": data.preprocessing.to_dict(), "precision": precision,
+              "steps_per_epoch": data.steps, "version": __version__}
+    stored = json.loads(json.dumps(stored))  # tuples -> lists, as read back from disk
+    _check_resumable(out, stored)
+    chief = is_chief(strategy)
+    folders = _Folders(out, out if chief else out / f"scratch-{tag}",
+                       out / ("backup" if not tag else f"backup-{tag}"), chief)
+    meta = folders.backup_dir / "training_metadata.json"
+    initial_epoch = json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
+    if initial_epoch:
+        say(f"resuming from epoch {initial_epoch} (backup in {folders.backup_dir})")
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", stored)
+        write_json_atomic(out / "split.json", {"train": data.train_ids, "validation": data.val_ids})
+    folders.checkpoints.mkdir(parents=True, exist_ok=True)
+    return folders, initial_epoch
+
+
+def _callbacks(config: TrainConfig, data: _Data, folders: _Folders, extra, say) -> list:
+    """Backup first (so a resumed run restores before anything else runs), validation and
+    the best checkpoint, the logs, the last checkpoint, then the caller's callbacks."""
+    cbs: List[keras.callbacks.Callback] = [
+        keras.callbacks.BackupAndRestore(str(folders.backup_dir), delete_checkpoint=False)]
+    if data.val_ids:
+        cbs.append(SlidingWindowValidation(
+            data.cache, data.val_ids, data.patch, data.preprocessing.label_convention,
+            every=config.validation_every, overlap=config.overlap, image_every=config.image_every,
+            log_dir=str(folders.tensorboard), best_path=str(folders.checkpoints / "best.keras")))
+    else:
+        say("no validation cases: no best checkpoint, only the last one")
+    return cbs + [
+        LogLearningRate(),
+        keras.callbacks.CSVLogger(str(folders.write_dir / "log.csv"), append=True),
+        keras.callbacks.ModelCheckpoint(str(folders.checkpoints / "last.keras")),
+        DropNaN(),
+        keras.callbacks.TensorBoard(str(folders.tensorboard), update_freq="epoch", write_graph=False),
+        keras.callbacks.TerminateOnNaN(),
+        *extra,
+    ]
+
+
+def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=None,
+          callbacks: Sequence[keras.callbacks.Callback] = (), log=print, **settings) -> TrainResult:
+    """Trains MISSU on a data folder (see `missu_keras.training` for what is written).
+
+    Args:
+        config: a `TrainConfig`, a dict of its fields, or ``None``.
+        strategy: a ``tf.distribute`` strategy; default `choose_strategy`.
+        callbacks: extra Keras callbacks (run after the built-in ones).
+        log: where progress lines go (``print``; ``None`` for silence).
+        **settings: `TrainConfig` fields overriding ``config``.
+
+    Returns:
+        A `TrainResult`.
+
+    Example (a few steps on generated data; ``missu-keras demo`` does it in full):
+
+    >>> import tempfile
+    >>> from missu_keras.data import write_synthetic_brats
+    >>> root = tempfile.mkdtemp()
+    >>> _ = write_synthetic_brats(root + "/data", num_cases=3, seed=0, shape=(32, 32, 32))
+    >>> result = train(data=root + "/data", out=root + "/run", preset="tiny", patch_size=32,
+    ...                epochs=1, steps_per_epoch=2, batch_size=1, verbose=0, log=None,
+    ...                model={"embed_dim": 32, "num_layers": 1})
+    >>> sorted(p.name for p in (result.out / "checkpoints").iterdir())
+    ['best.keras', 'best.keras.json', 'last.keras']
+    """
+    base = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
+    config = TrainConfig.from_dict({**base, **settings})
+    say = log or (lambda *a, **k: None)
+    strategy = strategy or choose_strategy()
+    preset = get_preset_config(config.preset)
+    patch = int_or_triple(config.patch_size if config.patch_size is not None else preset["image_size"],
+                          "patch_size", minimum=1)
+    # Under MultiWorkerMirroredStrategy every worker runs this function, with a cache,
+    # backup and scratch folder of its own (worker_tag), so nothing is written twice.
+    data = _prepare_data(config, patch, worker_tag(strategy), say)
+    precision = resolve_precision(config.precision)
+    model = _build_model(config, _model_overrides(config, preset, data), data, precision, strategy)
+    folders, initial_epoch = _open_run_folder(config, data, model, precision, strategy, say)
+    dataset = make_training_dataset(
+        data.cache, batch_size=config.batch_size, patch_size=patch, case_ids=data.train_ids,
+        seed=config.seed, foreground_oversample=config.foreground_oversample,
+        skip_samples=initial_epoch * data.steps * config.batch_size)
+    say(f"training {config.preset} ({precision}) on {len(data.train_ids)} cases, validating on "
+        f"{len(data.val_ids)}: {config.epochs} epochs x {data.steps} steps, batch "
+        f"{config.batch_size}, patch {patch}, {strategy.num_replicas_in_sync} replica(s)")
+    t0 = time.time()
+    history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=data.steps,
+                        callbacks=_callbacks(config, data, folders, callbacks, say),
+                        verbose=config.verbose, shuffle=False)
+    say(f"trained in {time.time() - t0:.0f} s; outputs in {folders.out}")
+    if not folders.chief:
+        shutil.rmtree(folders.write_dir, ignore_errors=True)
+    elif config.save_preset:
+        model.save_to_preset(config.save_preset)
+        say(f"saved the preset folder {config.save_preset}")
+    return TrainResult(model, history, folders.out, initial_epoch)
+

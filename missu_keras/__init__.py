@@ -16,6 +16,7 @@ import sys as _sys
 # TF_ENABLE_ONEDNN_OPTS=0 to opt out, or =1 yourself before importing TensorFlow.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+from missu_keras._lazy import lazy_exports as _lazy_exports  # noqa: E402
 from missu_keras.version import __version__  # noqa: E402
 
 # The public API: name -> the module that defines it.
@@ -40,17 +41,7 @@ _REGISTERS_KERAS_OBJECTS = ("missu_keras.metrics",)
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'missu_keras' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS, globals())
 
 
 def _load_api():
@@ -60,9 +51,19 @@ def _load_api():
         __getattr__(name)
 
 
+def _is_the_command() -> bool:
+    """Whether this process is the ``missu-keras`` command (the console script, or
+    ``python -m missu_keras.cli``)."""
+    if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "missu-keras":
+        return True
+    argv = list(getattr(_sys, "orig_argv", ()))
+    return "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "missu_keras.cli"
+
+
 # `import missu_keras` loads the API (and TensorFlow) at once, so every custom Keras class
 # is registered and keras.saving.load_model reads our .keras files. The `missu-keras`
 # command is the exception: each command imports what it runs (missu_keras/cli/), so
-# `missu-keras --help` answers without loading TensorFlow.
-if _os.path.basename(_sys.argv[0] if _sys.argv else "") != "missu-keras":
+# `missu-keras --help` answers without loading TensorFlow, and TensorFlow's start-up
+# lines stay hidden unless --verbose.
+if not _is_the_command():
     _load_api()

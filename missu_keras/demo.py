@@ -53,7 +53,7 @@ def run_demo(out, train_cases=9, heldout_cases=3, shape=(48, 48, 40), patch=32, 
     history = result.history.history
 
     log(f"[3/5] evaluating {heldout_cases} held-out cases (sliding window, Gaussian, overlap 0.5)")
-    _, summary = evaluate(out / "run", heldout, out / "evaluation", log=log)
+    _, summary = evaluate(out / "run", heldout, out / "evaluation", overwrite=True, log=log)
 
     log("[4/5] predicting one held-out case to NIfTI in its original grid")
     case = find_brats_cases(heldout)[0]

@@ -52,12 +52,13 @@ import tensorflow as tf
 
 from missu_keras.compat import archive_root
 from missu_keras.data.preprocessing import PreprocessingConfig
+from missu_keras.files import prepare_output_dir
 from missu_keras.inference import (SlidingWindowInferer, as_preprocessing_config,
                                    segment_patches, segment_volume)
 from missu_keras.labels import get_label_convention
 from missu_keras.layers import MultiScaleFusion, PyramidFusion
 from missu_keras.models import MISSU
-from missu_keras.presets import get_preset_preprocessing, list_presets
+from missu_keras.presets import get_preset_config, get_preset_preprocessing, list_presets
 from missu_keras.version import __version__
 
 logger = logging.getLogger("missu_keras.export")
@@ -142,6 +143,39 @@ def _check_shape(x, expected: Sequence[Optional[int]], what: str, layout: str, m
         return tf.ensure_shape(tf.identity(x), expected)
 
 
+# ------------------------------------------------------------------ provenance --
+
+def preset_differences(model, preset: str, overrides: Optional[dict] = None) -> dict:
+    """``{setting: (model's value, preset's value)}`` for each architecture setting of
+    ``model`` that differs from the registered ``preset`` with ``overrides`` applied
+    (the patch size aside); empty when ``model`` is that preset (or ``preset`` is not a
+    registered name)."""
+    if preset not in list_presets():
+        return {}
+    expected = dict(get_preset_config(preset))
+    expected.update({k: v for k, v in (overrides or {}).items() if k != "preprocessing"})
+    found = model.config.to_dict()
+    return {k: (found[k], v) for k, v in expected.items()
+            if k != "image_size" and k in found and found[k] != v}
+
+
+def check_weights_fit_preset(model, preset: str, weights, overrides: Optional[dict] = None) -> None:
+    """Refuses to export ``model`` under the preset name ``preset`` when its weights
+    (``weights``, a file carrying its own configuration) built another configuration:
+    the export's metadata would claim a preset the model is not. ``ValueError`` naming
+    the file, the differing settings, and what to pass instead."""
+    diffs = preset_differences(model, preset, overrides)
+    if not diffs:
+        return
+    shown = ", ".join(f"{k}={a!r} (preset: {b!r})" for k, (a, b) in list(diffs.items())[:4])
+    more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+    raise ValueError(
+        f"--weights {weights}: holds a model of another configuration than preset "
+        f"{preset!r}: {shown}{more}; expected weights of that preset. To export the file "
+        f"with its own configuration pass it as --preset {weights}"
+    )
+
+
 # ------------------------------------------------------------------------ export --
 
 def next_version(model_dir) -> int:
@@ -158,14 +192,30 @@ def next_version(model_dir) -> int:
 
 
 def read_export_metadata(export_dir) -> dict:
-    """The ``assets/missu_export.json`` of an exported version folder."""
-    path = Path(export_dir) / "assets" / METADATA_ASSET
+    """The metadata of an export: ``export_dir`` is a version folder (its
+    ``assets/missu_export.json`` is read) or that JSON file itself. A missing file, a
+    file that is not JSON, or one without the fields a client needs (``modalities``,
+    ``label_map``) is an error naming it."""
+    path = Path(export_dir)
+    if not path.is_file():
+        path = path / "assets" / METADATA_ASSET
     if not path.is_file():
         raise FileNotFoundError(
             f"{str(path)!r} not found: expected a version folder written by "
-            "missu_keras.export.export_savedmodel (missu-keras export)"
+            "missu_keras.export.export_savedmodel (missu-keras export) or its "
+            f"{METADATA_ASSET}"
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: expected the JSON metadata of a missu-keras export "
+                         f"({METADATA_ASSET}), found text that is not JSON ({err})") from err
+    missing = [k for k in ("modalities", "label_map") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"{path}: expected the metadata of a missu-keras export with the fields "
+                         f"{missing}; found {type(meta).__name__} "
+                         f"{sorted(meta)[:8] if isinstance(meta, dict) else ''}")
+    return meta
 
 
 def _signature_doc(patch, channels, num_classes):
@@ -240,7 +290,8 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
                       version: Optional[int] = None, overwrite: bool = False,
                       preset: Optional[str] = None, overlap: float = 0.5,
                       sw_batch_size: int = 1, pad_to_multiple: bool = False,
-                      log: Optional[Callable[[str], None]] = print) -> ExportResult:
+                      log: Optional[Callable[[str], None]] = print,
+                      weights: Optional[str] = None) -> ExportResult:
     """Writes the inference SavedModel of ``model`` to ``out_dir/name/version``.
 
     Args:
@@ -256,6 +307,11 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
             per model call; 1 keeps the server's memory lowest).
         pad_to_multiple: see `missu_keras.inference.segment_volume`.
         log: a ``print``-like callable for the summary, or ``None``.
+        weights: where the weights came from (a file, ``"published"``, ``"none"``),
+            recorded in the metadata as ``"weights"``.
+
+    The model folder is created and checked for writability before the graph is built;
+    the version appears whole or not at all (staged, then renamed).
 
     Returns:
         An `ExportResult`.
@@ -271,6 +327,7 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
             f"received {type(model).__name__}. Use load_pretrained(..., training_model=True)."
         )
     model_dir, version = _export_target(out_dir, name, version, overwrite)
+    prepare_output_dir(model_dir, "--out")
     prep, prep_source = resolve_preprocessing(model, preset)
     archive, inference = build_export_archive(model, prep, overlap=overlap,
                                               sw_batch_size=sw_batch_size,
@@ -280,6 +337,7 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
                       "pad_to_multiple": bool(pad_to_multiple)}
     metadata = _export_metadata(model, inference, prep, prep_source, name, version, preset,
                                 sliding_window)
+    metadata["weights"] = None if weights is None else str(weights)
     target = _write_archive(archive, metadata, model_dir, version)
     if log is not None:
         _log_summary(log, metadata, target)
@@ -360,7 +418,7 @@ def _write_archive(archive, metadata: dict, model_dir: Path, version: int) -> Pa
             # A tracked Asset is copied into the SavedModel's assets/ and reachable
             # after loading as `.missu_metadata.asset_path`.
             archive_root(archive).missu_metadata = tf.saved_model.Asset(str(asset))
-            archive.write_out(str(staging / "model"), verbose=False)
+            _write_out(archive, staging / "model", target)
         # TF-Serving only loads integer folders, so a version appears whole or not at all.
         if target.exists():
             shutil.rmtree(target)
@@ -368,6 +426,15 @@ def _write_archive(archive, metadata: dict, model_dir: Path, version: int) -> Pa
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _write_out(archive, folder: Path, target: Path) -> None:
+    """``archive.write_out`` with TensorFlow's file errors (a full or read-only disk)
+    raised as ``OSError`` naming the version folder being written."""
+    try:
+        archive.write_out(str(folder), verbose=False)
+    except tf.errors.OpError as err:
+        raise OSError(f"{target}: cannot write the SavedModel: {err.message}") from err
 
 
 def _log_summary(log: Callable[[str], None], metadata: dict, target: Path) -> None:

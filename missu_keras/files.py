@@ -16,12 +16,13 @@ a reader (or a crash) never sees half a file under the real name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterable, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -56,9 +57,13 @@ def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(err, OSError) and err.errno and err.filename in (None, str(tmp)):
+            # A full or read-only disk: name the file the user asked for, not the
+            # temporary one (which is gone).
+            raise type(err)(err.errno, err.strerror or str(err), str(target)) from err
         raise
 
 
@@ -72,3 +77,61 @@ def write_text_atomic(target: PathLike, text: str) -> Path:
 def write_json_atomic(target: PathLike, value) -> Path:
     """``value`` as indented JSON (with a final newline), written atomically."""
     return write_text_atomic(target, json.dumps(value, indent=2) + "\n")
+
+
+def prepare_output_dir(folder: PathLike, what: str = "output folder") -> Path:
+    """Creates ``folder`` (and its parents) and checks that a file can be created in it,
+    before any work is done: a path that is a file, a folder that cannot be created and
+    a read-only folder each raise one error naming ``folder`` (``what`` says which
+    option it came from, e.g. ``"--out"``). Returns the folder.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"{what} is a file; expected a folder (or a path that does not "
+            "exist yet)", str(folder))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".tmp-write-test-{uuid.uuid4().hex[:12]}"
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        os.unlink(probe)
+    except OSError as err:
+        raise type(err)(err.errno, f"{what} is not writable ({err.strerror or err}); expected "
+                        "a folder this user can create files in", str(folder)) from err
+    return folder
+
+
+def refuse_existing(paths: Iterable[PathLike]) -> None:
+    """``FileExistsError`` naming the first of ``paths`` that exists (and how many do):
+    commands never replace earlier results unless asked (``--overwrite``)."""
+    existing = [str(p) for p in paths if os.path.lexists(p)]
+    if existing:
+        raise FileExistsError(
+            f"{existing[0]} already exists ({len(existing)} output(s) in all); pass "
+            "--overwrite (overwrite=True) to replace them"
+        )
+
+
+@contextlib.contextmanager
+def output_folder(folder: PathLike, what: str = "output folder") -> Iterator[Path]:
+    """`prepare_output_dir` for the length of a command: if the command then fails, the
+    folders this call created are removed again when they are still empty, so a failed
+    command leaves no trace (files it wrote stay: each was written whole)."""
+    folder = Path(folder)
+    created = []
+    for parent in [folder, *folder.parents]:
+        if os.path.lexists(parent):
+            break
+        created.append(parent)
+    prepare_output_dir(folder, what)
+    try:
+        yield folder
+    except BaseException:
+        if created:  # the folder is new: every empty folder under it is this command's
+            for dirpath, _, _ in os.walk(folder, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+        for path in created[1:]:  # then the new parents, deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise

@@ -29,7 +29,7 @@ True
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 import os
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -39,6 +39,7 @@ import numpy as np
 from keras import ops
 from scipy import ndimage
 
+from missu_keras.files import write_json_atomic, write_text_atomic
 from missu_keras.labels import LabelConvention, get_label_convention
 
 # HD95 / Hausdorff reported when exactly one of the two masks is empty: the diagonal of
@@ -305,7 +306,8 @@ def write_scores(
     summary: Optional[Mapping] = None,
 ) -> Dict[str, str]:
     """Writes ``cases.csv`` (one row per case: ``case``, then the `score_case` keys),
-    ``summary.json`` (shaped like `summarize`) and ``convention.txt`` (`CONVENTION`).
+    ``summary.json`` (shaped like `summarize`) and ``convention.txt`` (`CONVENTION`),
+    each atomically.
 
     Returns the three paths by name (``"cases"``, ``"summary"``, ``"convention"``).
     """
@@ -322,16 +324,15 @@ def write_scores(
         "summary": os.path.join(out_dir, "summary.json"),
         "convention": os.path.join(out_dir, "convention.txt"),
     }
-    with open(paths["cases"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in columns})
-    with open(paths["summary"], "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
-    with open(paths["convention"], "w") as f:
-        f.write(CONVENTION + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in columns})
+    # Atomic (files.atomic_path): a full disk never leaves a truncated summary behind.
+    write_text_atomic(paths["cases"], table.getvalue())
+    write_json_atomic(paths["summary"], summary)
+    write_text_atomic(paths["convention"], CONVENTION + "\n")
     return paths
 
 

@@ -8,16 +8,17 @@ through the same TensorFlow pipeline as the SavedModel. `load_segmenter` finds b
 in whatever a user has: a ``missu-keras train`` output folder, a ``.keras`` file, a
 saved preset folder, or a preset name with weights.
 
-Example, with an untrained tiny model on one generated case:
+Example: a model saved as a preset folder, loaded the way ``missu-keras predict --model
+DIR`` loads it, on one generated case (`Segmenter` alone: `missu_keras.inference`):
 
 >>> import tempfile, missu_keras
 >>> from missu_keras.data import find_brats_cases, write_synthetic_brats
 >>> root = tempfile.mkdtemp()
 >>> _ = write_synthetic_brats(root, num_cases=1, seed=0, shape=(40, 40, 24))
 >>> model = missu_keras.MISSU.from_preset("tiny", image_size=32, embed_dim=32, num_layers=1)
->>> segmenter = Segmenter.from_model(model)
->>> case = find_brats_cases(root)[0]
->>> labels = segmenter.segment(case.load()).labels
+>>> _ = model.save_to_preset(root + "/model")
+>>> segmenter = load_segmenter(root + "/model")
+>>> labels = segmenter.segment(find_brats_cases(root)[0].load()).labels
 >>> labels.shape, labels.dtype, set(labels.ravel().tolist()) <= {0, 1, 2, 4}
 ((40, 40, 24), dtype('uint8'), True)
 """
@@ -29,15 +30,16 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import keras
 import numpy as np
 
-from missu_keras.data.brats import BratsCase, find_brats_cases
+from missu_keras.data.brats import BratsCase, canonical_modality, find_brats_cases
 from missu_keras.data.chaos import find_chaos_cases
 from missu_keras.data.io import read_nifti_header, strip_nifti_suffix, write_nifti
 from missu_keras.data.preprocessing import PreprocessingConfig
+from missu_keras.files import output_folder, refuse_existing
 # The one inference implementation; re-exported here, where users have always found it.
 from missu_keras.inference.segmenter import (Segmentation, Segmenter,  # noqa: F401
                                              default_preprocessing)
@@ -111,35 +113,125 @@ def load_segmenter(model: Union[str, os.PathLike, keras.Model], weights=PUBLISHE
 # ------------------------------------------------------------------- case discovery --
 
 _MODALITY_SUFFIX = re.compile(r"[_-](flair|t1ce|t1|t2|t1n|t1c|t2w|t2f)$", re.IGNORECASE)
+_SEG_NAME = re.compile(r"(^|[_-])seg$", re.IGNORECASE)
+_SUFFIX_HELP = "_flair, _t1ce, _t1, _t2 or the 2023 -t2f, -t1c, -t1n, -t2w"
 
 
-def cases_from_files(files: Sequence[Union[str, os.PathLike]], preprocessing: PreprocessingConfig):
-    """One BraTS-style case from NIfTI files given in the model's modality order."""
+def _file_modality(path: Path) -> Optional[str]:
+    """The modality a file's name ends in (2019-2021 name), ``None`` when it names none;
+    ``ValueError`` naming the file for a segmentation."""
+    stem = strip_nifti_suffix(path.name)
+    if _SEG_NAME.search(stem):
+        raise ValueError(
+            f"{path}: this is a segmentation (its name ends in 'seg'), found among the "
+            f"images; expected only image files ({_SUFFIX_HELP})"
+        )
+    found = _MODALITY_SUFFIX.search(stem)
+    return canonical_modality(found.group(1)) if found else None
+
+
+def _modality_name(name: str) -> str:
+    """A BraTS modality in its 2019-2021 spelling; another name (CHAOS' ``in_phase``,
+    ...) as given, in lower case."""
+    try:
+        return canonical_modality(name.strip())
+    except ValueError:
+        return name.strip().lower()
+
+
+def _modalities_by_name(files: Sequence[Path], wanted: Sequence[str]) -> List[str]:
+    """The modality of each file by its name's suffix; every file must carry one."""
+    named = [_file_modality(f) for f in files]
+    unnamed = [str(f) for f, m in zip(files, named) if m is None]
+    if unnamed:
+        raise ValueError(
+            f"{unnamed[0]}: cannot tell its modality from the name: expected a name ending "
+            f"in {_SUFFIX_HELP}, or --modalities {','.join(wanted)} (modalities=...) "
+            "giving the files' modalities in the order they are listed"
+        )
+    return named
+
+
+def _modalities_given(files: Sequence[Path], given: Sequence[str]) -> List[str]:
+    """``given`` (one modality per file, in the files' order), checked against any
+    modality a file's name carries."""
+    if isinstance(given, str):
+        given = [m for m in given.split(",") if m.strip()]
+    mods = [_modality_name(m) for m in given]
+    if len(mods) != len(files):
+        raise ValueError(
+            f"--modalities lists {len(mods)} modalities {mods} for {len(files)} files; "
+            "expected one per file, in the order the files are given"
+        )
+    for f, m in zip(files, mods):
+        named = _file_modality(f)
+        if named is not None and named != m:
+            raise ValueError(f"{f}: its name says {named!r} but --modalities gives {m!r} for it")
+    return mods
+
+
+def match_modalities(files: Sequence[Union[str, os.PathLike]], wanted: Sequence[str],
+                     given: Optional[Sequence[str]] = None) -> Dict[str, Path]:
+    """``{modality: file}`` in the order ``wanted`` (the model's channels) for NIfTI
+    files listed in any order: by their names' suffixes (``_flair``, ``_t1ce``, ``_t1``,
+    ``_t2``, or the 2023 ``-t2f``, ``-t1c``, ``-t1n``, ``-t2w``), or by ``given`` (one
+    modality per file) when the names carry none. A segmentation file is refused.
+
+    >>> match_modalities(["c_t2.nii.gz", "c_t1ce.nii.gz", "c_flair.nii.gz", "c-t1n.nii"],
+    ...                  ["flair", "t1ce", "t1", "t2"])["t1"].name
+    'c-t1n.nii'
+    """
     files = [Path(f) for f in files]
+    wanted = [_modality_name(m) for m in wanted]
+    mods = _modalities_given(files, given) if given else _modalities_by_name(files, wanted)
+    by_mod: Dict[str, Path] = {}
+    for f, m in zip(files, mods):
+        if m in by_mod:
+            raise ValueError(f"two files for modality {m!r}: {by_mod[m]} and {f}; expected one each")
+        by_mod[m] = f
+    missing = [m for m in wanted if m not in by_mod]
+    extra = [str(by_mod[m]) for m in by_mod if m not in wanted]
+    if missing or extra:
+        raise ValueError(
+            f"the model takes the modalities {wanted}; the files give {sorted(by_mod)} "
+            f"(missing {missing}" + (f", not used by the model: {extra})" if extra else ")")
+        )
+    return {m: by_mod[m] for m in wanted}
+
+
+def cases_from_files(files: Sequence[Union[str, os.PathLike]], preprocessing: PreprocessingConfig,
+                     modalities: Optional[Sequence[str]] = None):
+    """One BraTS-style case from its NIfTI files, matched to the model's modalities by
+    their names or by ``modalities`` (`match_modalities`)."""
+    files = [Path(f) for f in files]
+    wanted = list(preprocessing.modalities)
     if len(files) != preprocessing.num_channels:
         raise ValueError(
-            f"expected {preprocessing.num_channels} NIfTI files, one per modality in the "
-            f"order {list(preprocessing.modalities)}; received {len(files)}: "
-            f"{[str(f) for f in files]}"
+            f"expected {preprocessing.num_channels} NIfTI files, one per modality "
+            f"{wanted}; received {len(files)}: {[str(f) for f in files]}"
         )
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"{f}: input file not found")
-    stem = strip_nifti_suffix(files[0].name)
+    paths = match_modalities(files, wanted, modalities)
+    stem = strip_nifti_suffix(files[0].name)  # the case is named after the first file listed
     case_id = _MODALITY_SUFFIX.sub("", stem) or stem
     layout = "2023" if preprocessing.label_convention == "brats2023" else "2021"
-    return [BratsCase(case_id, files[0].parent, dict(zip(preprocessing.modalities, files)),
-                      None, layout)]
+    return [BratsCase(case_id, files[0].parent, paths, None, layout)]
 
 
 def find_cases(inputs: Sequence[Union[str, os.PathLike]], preprocessing: PreprocessingConfig,
-               layout: str = "auto"):
-    """Cases to segment: one case folder, a folder of cases, or a NIfTI file list."""
+               layout: str = "auto", modalities: Optional[Sequence[str]] = None):
+    """Cases to segment: one case folder, a folder of cases, or a NIfTI file list
+    (matched to modalities as `cases_from_files` says)."""
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise ValueError("no input given: pass a case folder, a folder of cases or NIfTI files")
     if len(inputs) > 1 or inputs[0].is_file():
-        return cases_from_files(inputs, preprocessing)
+        return cases_from_files(inputs, preprocessing, modalities)
+    if modalities:
+        raise ValueError(f"--modalities is for a list of NIfTI files; {inputs[0]} is a folder, "
+                         "whose files are found by their names")
     root = inputs[0]
     if not root.exists():
         raise FileNotFoundError(f"{root}: input not found")
@@ -169,52 +261,83 @@ def output_paths(out_dir: Path, case_id: str):
     return out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}_probabilities.nii.gz"
 
 
+def warn_empty_modalities(case, loaded, log=None) -> List[str]:
+    """Warns (``logger`` and ``log``) for each modality of ``loaded`` that is all zeros,
+    naming its file: such a scan is most likely a wrong or blank file, and the model
+    will segment it anyway. Returns the warnings."""
+    paths = getattr(case, "image_paths", None) or {}
+    names = list(getattr(loaded, "channel_names", None) or paths or [])
+    warnings = []
+    for c in range(loaded.image.shape[-1]):
+        if np.any(loaded.image[..., c]):
+            continue
+        name = names[c] if c < len(names) else f"channel {c}"
+        source = paths[name] if name in paths else case.case_id
+        warnings.append(f"warning: {source}: modality {name!r} of case {case.case_id!r} is all "
+                        "zeros; expected a scan with signal (check the file)")
+    for text in warnings:
+        logger.warning(text)
+        if log:
+            log(text)
+    return warnings
+
+
 def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwrite: bool = False,
-            save_probabilities: bool = False, log=print, **segmenter_kwargs) -> List[Path]:
+            save_probabilities: bool = False, modalities: Optional[Sequence[str]] = None,
+            log=print, **segmenter_kwargs) -> List[Path]:
     """Segments cases and writes one label NIfTI per case (``<case>.nii.gz``) in its
     original grid, with the input's affine and header, labels in the dataset's
     convention; optionally ``<case>_probabilities.nii.gz`` (float32, classes last).
 
     Args:
-        inputs: a case folder, a folder of cases, or the NIfTI files of one case in the
-            model's modality order (a list of paths).
-        out: output folder.
+        inputs: a case folder, a folder of cases, or the NIfTI files of one case in any
+            order, matched to the model's modalities by their names (``_flair``,
+            ``_t1ce``, ``_t1``, ``_t2``, ``-t2f``, ...; a ``_seg`` file is refused).
+        out: output folder, created and checked for writability before anything else.
         model, weights: see `load_segmenter`.
         layout: BraTS layout (``"auto"``, ``"2019"`` ... ``"2023"``) or ``"chaos"``.
         overwrite: replace existing outputs (by default an existing output is an error,
             raised before anything is computed).
         save_probabilities: also write the probability maps.
+        modalities: for a file list whose names carry no modality: the modality of each
+            file, in the order given (e.g. ``["flair", "t1ce", "t1", "t2"]``).
         **segmenter_kwargs: `Segmenter` settings (overlap, flip_tta, precision, ...).
+
+    Every file is written atomically (`missu_keras.data.io.write_nifti`): a failed
+    write (full disk) leaves nothing behind under the output's name.
 
     Returns:
         The label files written.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    segmenter = load_segmenter(model, weights=weights, **segmenter_kwargs)
-    cases = find_cases(inputs, segmenter.preprocessing, layout=layout)
-    out = Path(out)
-    if not overwrite:
-        existing = [str(p) for c in cases for p in output_paths(out, c.case_id)[: 1 + save_probabilities]
-                    if p.exists()]
-        if existing:
-            raise FileExistsError(
-                f"{existing[0]} already exists ({len(existing)} outputs in all); pass "
-                "--overwrite (overwrite=True) to replace them"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, case in enumerate(cases):
-        loaded = load_images_only(case)
-        result = segmenter.segment(loaded, return_probabilities=save_probabilities)
-        affine, header = reference_geometry(case)
-        if affine is None:
-            affine = loaded.affine
-        label_path, prob_path = output_paths(out, case.case_id)
+    with output_folder(out, "--out") as out:
+        segmenter = load_segmenter(model, weights=weights, **segmenter_kwargs)
+        cases = find_cases(inputs, segmenter.preprocessing, layout=layout, modalities=modalities)
+        if not overwrite:
+            refuse_existing(p for c in cases
+                            for p in output_paths(out, c.case_id)[: 1 + save_probabilities])
+        return [_predict_case(segmenter, case, out, save_probabilities, log, f"[{i + 1}/{len(cases)}]")
+                for i, case in enumerate(cases)]
+
+
+def _predict_case(segmenter, case, out: Path, save_probabilities: bool, log, counter: str) -> Path:
+    """Segments one case and writes its files; returns the label file."""
+    loaded = load_images_only(case)
+    warn_empty_modalities(case, loaded, log)
+    result = segmenter.segment(loaded, return_probabilities=save_probabilities)
+    affine, header = reference_geometry(case)
+    if affine is None:
+        affine = loaded.affine
+    label_path, prob_path = output_paths(out, case.case_id)
+    if save_probabilities:  # the maps first: a label file is the mark of a finished case
+        write_nifti(prob_path, result.probabilities.astype(np.float32), affine, header)
+    try:
         write_nifti(label_path, result.labels.astype(np.uint8), affine, header)
-        if save_probabilities:
-            write_nifti(prob_path, result.probabilities.astype(np.float32), affine, header)
-        written.append(label_path)
-        if log:
-            log(f"[{i + 1}/{len(cases)}] {case.case_id} -> {label_path}")
-    return written
+    except BaseException:
+        if save_probabilities:  # no half-written case: the maps alone would block a re-run
+            prob_path.unlink(missing_ok=True)
+        raise
+    if log:
+        log(f"{counter} {case.case_id} -> {label_path}")
+    return label_path

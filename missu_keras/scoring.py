@@ -22,6 +22,13 @@ So BraTS layouts (``<case>/<case>_seg.nii.gz``, ``HGG/<case>/...``, flat
 or ``<case>/...``) pair up. Every prediction must have a ground truth (else an error
 naming the file); ground-truth cases without a prediction are listed and skipped, or
 are an error with ``--require-all``. Two files giving the same case name are an error.
+
+A prediction is scored only on the ground truth's grid: the same shape and the same
+affine within `AFFINE_TOLERANCE_MM` (``--ignore-affine`` skips the affine check), else an
+error naming both files. An unreadable file, NaN / inf values or labels outside the
+convention are errors naming the file. Earlier results in the output folder are refused
+unless ``--overwrite`` (as for ``predict`` and ``evaluate``); the folder is checked before
+any case is scored.
 """
 
 from __future__ import annotations
@@ -32,11 +39,18 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from missu_keras.data.io import is_nifti, read_nifti_data, read_nifti_header, strip_nifti_suffix
+from missu_keras.data.io import (check_finite, is_nifti, read_nifti_data, read_nifti_header,
+                                 strip_nifti_suffix)
+from missu_keras.files import output_folder, refuse_existing
 from missu_keras.labels import get_label_convention
-from missu_keras.metrics import score_case, summarize
+from missu_keras.metrics import score_case, summarize, write_scores
 
 SEG_SUFFIXES = ("_seg", "-seg")
+SCORE_FILES = ("cases.csv", "summary.json", "convention.txt")
+# Largest difference allowed between a prediction's and its ground truth's affine entries
+# (mm for the origin, mm per voxel for the rest): far below a voxel, far above the
+# float32 rounding of headers written by other tools.
+AFFINE_TOLERANCE_MM = 0.01
 SEG_STEMS = ("seg",)
 # Files that are never segmentations: probability maps and BraTS modalities.
 IGNORED_SUFFIXES = tuple(
@@ -148,40 +162,87 @@ def match_cases(pred_dir, gt_dir, require_all: bool = False
     return pairs, missing
 
 
-def _load_labels(path: Path, convention) -> Tuple[np.ndarray, object]:
-    shape, _, img = read_nifti_header(path)  # ValueError naming the file when unreadable
+def _load_labels(path: Path, convention) -> Tuple[np.ndarray, np.ndarray, object]:
+    """``(labels, affine, header)`` of a segmentation file; every problem (unreadable,
+    NaN / inf, labels outside ``convention``) is a ``ValueError`` naming the file."""
+    shape, affine, img = read_nifti_header(path)  # ValueError naming the file when unreadable
     data = read_nifti_data(Path(path), img, shape, None)
+    check_finite(data, path)
     convention.to_classes(data, source=str(path))  # raises on labels outside it
-    return data, img.header
+    return data, affine, img.header
+
+
+def check_same_grid(case: str, pred_path, pred_affine, gt_path, gt_affine,
+                    tolerance_mm: float = AFFINE_TOLERANCE_MM) -> None:
+    """``ValueError`` naming both files when the prediction's affine differs from the
+    ground truth's by more than ``tolerance_mm`` (a shifted or flipped prediction would
+    be scored against the wrong voxels)."""
+    diff = float(np.max(np.abs(np.asarray(pred_affine) - np.asarray(gt_affine))))
+    if diff > tolerance_mm:
+        raise ValueError(
+            f"case {case!r}: prediction {pred_path} has affine "
+            f"{np.round(pred_affine[:3], 3).tolist()} but ground truth {gt_path} has "
+            f"{np.round(gt_affine[:3], 3).tolist()} (largest difference {diff:.3g}, tolerance "
+            f"{tolerance_mm}); expected the ground truth's grid (resample the prediction, or "
+            "pass --ignore-affine to score the voxels as they are)"
+        )
+
+
+def _score_pair(case: str, pred_path: Path, gt_path: Path, conv, ignore_affine: bool, log):
+    """The `score_case` row of one prediction / ground-truth pair, after checking that
+    they share a shape and (unless ``ignore_affine``) an affine."""
+    gt, gt_affine, gt_header = _load_labels(gt_path, conv)
+    pred, pred_affine, pred_header = _load_labels(pred_path, conv)
+    if pred.shape != gt.shape:
+        raise ValueError(
+            f"case {case!r}: prediction {pred_path} has shape {pred.shape} but ground "
+            f"truth {gt_path} has shape {gt.shape}"
+        )
+    if not ignore_affine:
+        check_same_grid(case, pred_path, pred_affine, gt_path, gt_affine)
+    spacing = tuple(float(z) for z in gt_header.get_zooms()[:3])
+    pred_spacing = tuple(float(z) for z in pred_header.get_zooms()[:3])
+    if log and not np.allclose(spacing, pred_spacing, rtol=1e-3):
+        log(f"warning: case {case!r}: prediction spacing {pred_spacing} differs from "
+            f"ground truth {spacing} ({gt_path}); using the ground truth's")
+    return {"case": case, **score_case(pred, gt, spacing, conv)}
 
 
 def score_directories(pred_dir, gt_dir, convention="brats", require_all: bool = False,
-                      log: Optional[Callable[[str], None]] = None):
+                      log: Optional[Callable[[str], None]] = None, ignore_affine: bool = False):
     """Scores every prediction under ``pred_dir`` against ``gt_dir``.
 
     Returns ``(rows, summary, missing)``: one `score_case` dict per case with a
     ``"case"`` key first, the `summarize` dict, and the GT cases without a prediction.
-    Spacing comes from the ground-truth header (``get_zooms()[:3]``).
+    Spacing comes from the ground-truth header (``get_zooms()[:3]``). A prediction must
+    have the ground truth's shape and affine (within `AFFINE_TOLERANCE_MM`; not checked
+    with ``ignore_affine``).
     """
     conv = get_label_convention(convention) if isinstance(convention, str) else convention
     pairs, missing = match_cases(pred_dir, gt_dir, require_all=require_all)
     rows = []
     for i, (case, pred_path, gt_path) in enumerate(pairs, start=1):
-        gt, gt_header = _load_labels(gt_path, conv)
-        pred, pred_header = _load_labels(pred_path, conv)
-        if pred.shape != gt.shape:
-            raise ValueError(
-                f"case {case!r}: prediction {pred_path} has shape {pred.shape} but ground "
-                f"truth {gt_path} has shape {gt.shape}"
-            )
-        spacing = tuple(float(z) for z in gt_header.get_zooms()[:3])
-        pred_spacing = tuple(float(z) for z in pred_header.get_zooms()[:3])
-        if log and not np.allclose(spacing, pred_spacing, rtol=1e-3):
-            log(f"warning: case {case!r}: prediction spacing {pred_spacing} differs from "
-                f"ground truth {spacing} ({gt_path}); using the ground truth's")
-        row = {"case": case, **score_case(pred, gt, spacing, conv)}
+        row = _score_pair(case, pred_path, gt_path, conv, ignore_affine, log)
         rows.append(row)
         if log:
             dice = "  ".join(f"{r} {row[f'{r}_dice']:.4f}" for r in conv.regions)
             log(f"[{i}/{len(pairs)}] {case}: Dice {dice}")
     return rows, summarize(rows), missing
+
+
+def score_to_folder(pred_dir, gt_dir, out, convention="brats", require_all: bool = False,
+                    ignore_affine: bool = False, overwrite: bool = False,
+                    log: Optional[Callable[[str], None]] = None):
+    """``missu-keras score``: checks ``out`` (created, writable, no earlier results
+    unless ``overwrite``) before scoring, then writes ``cases.csv``, ``summary.json`` and
+    ``convention.txt`` atomically (`missu_keras.metrics.write_scores`).
+
+    Returns ``(rows, summary, missing, paths)``.
+    """
+    with output_folder(out, "--out") as out:
+        if not overwrite:
+            refuse_existing(out / name for name in SCORE_FILES)
+        rows, summary, missing = score_directories(pred_dir, gt_dir, convention,
+                                                   require_all=require_all, log=log,
+                                                   ignore_affine=ignore_affine)
+        return rows, summary, missing, write_scores(out, rows, summary)

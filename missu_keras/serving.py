@@ -43,6 +43,7 @@ import numpy as np
 
 from missu_keras.data.brats import BRATS_MODALITIES, find_brats_cases
 from missu_keras.data.io import read_nifti_header, write_nifti
+from missu_keras.labels import get_label_convention
 
 # dtypes of the exported signatures' inputs and outputs (`missu_keras.export`).
 TENSOR_DTYPES = {"image": "float32", "volume": "float32", "probabilities": "float32",
@@ -130,20 +131,43 @@ def decode_rest_request(body: Union[str, bytes, dict]) -> Dict[str, np.ndarray]:
     raise ValueError(f"a :predict body holds 'inputs' or 'instances'; found keys {sorted(body)}")
 
 
+def _json_reply(body: Union[str, bytes], source: str) -> dict:
+    """A reply's JSON object; ``ValueError`` naming ``source`` for anything else."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        text = body.decode(errors="replace") if isinstance(body, bytes) else body
+        raise ValueError(
+            f"{source}: expected TF-Serving's JSON reply ({{\"outputs\": ...}}), found "
+            f"{len(text)} characters that are not JSON: {text[:80]!r} ({err})"
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: expected a JSON object ({{\"outputs\": ...}}), "
+                         f"found a {type(value).__name__}")
+    return value
+
+
+class ServingError(RuntimeError):
+    """TF-Serving refused a request; the message is the server's (e.g. a wrong channel
+    count, or NaN input: the exported graph's checks)."""
+
+
 def parse_rest_response(body: Union[str, bytes, dict],
-                        output_names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+                        output_names: Optional[Sequence[str]] = None,
+                        source: str = "the server's reply") -> Dict[str, np.ndarray]:
     """``{output name: array}`` from a REST ``:predict`` response.
 
     TF-Serving drops the name when a signature has one output (``segment_volume``), so
     ``output_names`` (e.g. ``["labels"]``, see `SIGNATURE_OUTPUTS`) names it; arrays get
     the exported dtypes (``labels`` int32, ``probabilities`` float32).
 
-    Raises ``RuntimeError`` with the server's message for ``{"error": ...}``.
+    Raises `ServingError` with the server's message for ``{"error": ...}`` and
+    ``ValueError`` naming ``source`` (e.g. the URL) for a reply that is not JSON.
     """
     if isinstance(body, (str, bytes)):
-        body = json.loads(body)
+        body = _json_reply(body, source)
     if "error" in body:
-        raise RuntimeError(f"TF-Serving answered with an error: {body['error']}")
+        raise ServingError(f"TF-Serving answered with an error: {body['error']}")
     single = output_names[0] if output_names and len(output_names) == 1 else "output"
     if "outputs" in body:
         outputs = body["outputs"]
@@ -156,7 +180,8 @@ def parse_rest_response(body: Union[str, bytes, dict],
             return {k: _as_array([row[k] for row in rows], k) for k in rows[0]}
         return {single: _as_array(rows, single)}
     raise ValueError(
-        f"a :predict response holds 'outputs', 'predictions' or 'error'; found keys {sorted(body)}"
+        f"{source}: a :predict response holds 'outputs', 'predictions' or 'error'; found "
+        f"keys {sorted(body)}"
     )
 
 
@@ -177,7 +202,7 @@ def rest_predict(server: str, inputs: Union[Arrays, np.ndarray], model_name: str
     """Sends one REST ``:predict`` request and returns the outputs (see
     `rest_request` and `parse_rest_response`).
 
-    Raises ``ConnectionError`` when the server cannot be reached, ``RuntimeError`` with
+    Raises ``ConnectionError`` when the server cannot be reached, `ServingError` with
     the server's message when it refuses the request.
     """
     if not isinstance(inputs, Mapping):
@@ -192,13 +217,15 @@ def rest_predict(server: str, inputs: Union[Arrays, np.ndarray], model_name: str
     except urllib.error.HTTPError as err:
         detail = err.read().decode(errors="replace")
         try:
-            detail = json.loads(detail).get("error", detail)
+            reply = json.loads(detail)
         except ValueError:
-            pass
-        raise RuntimeError(f"{url} answered HTTP {err.code}: {detail}") from None
+            reply = None
+        if isinstance(reply, dict) and "error" in reply:
+            detail = reply["error"]
+        raise ServingError(f"{url} answered HTTP {err.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as err:
         raise ConnectionError(f"cannot reach TF-Serving at {url}: {err}") from None
-    return parse_rest_response(answer, SIGNATURE_OUTPUTS.get(signature_name))
+    return parse_rest_response(answer, SIGNATURE_OUTPUTS.get(signature_name), source=f"reply of {url}")
 
 
 # ------------------------------------------------------------------------ gRPC --------
@@ -262,7 +289,8 @@ def grpc_predict(target: str, request, timeout: float = 600.0) -> Dict[str, np.n
 
 def segment_case_rest(case_dir, server: str, out_path, model_name: str = "missu",
                       version: Optional[int] = None, modalities: Optional[Sequence[str]] = None,
-                      timeout: float = 600.0, log=print):
+                      timeout: float = 600.0, log=print,
+                      label_values: Optional[Sequence[int]] = None):
     """Sends one BraTS case folder to ``segment_volume`` over REST and writes the labels
     as NIfTI (uint8) on the case's original grid, with its affine and header.
 
@@ -273,6 +301,11 @@ def segment_case_rest(case_dir, server: str, out_path, model_name: str = "missu"
         out_path: the ``.nii.gz`` to write (not overwritten: an existing file is an error).
         modalities: channel order the model was exported with (its
             ``assets/missu_export.json``); default FLAIR, T1ce, T1, T2.
+        label_values: the labels the model may return (the export's ``label_map``
+            values); default the case layout's convention (0, 1, 2, 4; 3 for 2023).
+
+    The reply is checked before anything is written: labels of the case's shape, every
+    value in ``label_values`` (else ``ValueError`` naming the server).
 
     Returns:
         The labels array ``(H, W, D)``.
@@ -288,17 +321,34 @@ def segment_case_rest(case_dir, server: str, out_path, model_name: str = "missu"
         )
     case = dataclasses.replace(cases[0], seg_path=None)  # the ground truth is never sent
     loaded = case.load()
+    url = predict_url(server, model_name, version)
     if log:
-        log(f"sending {case.case_id} {tuple(loaded.image.shape)} to "
-            f"{predict_url(server, model_name, version)} (segment_volume)")
+        log(f"sending {case.case_id} {tuple(loaded.image.shape)} to {url} (segment_volume)")
     outputs = rest_predict(server, {"volume": loaded.image}, model_name=model_name,
                            signature_name="segment_volume", version=version, timeout=timeout)
-    labels = outputs["labels"]
-    if labels.shape != loaded.image.shape[:3]:
-        raise RuntimeError(f"the server returned labels of shape {labels.shape} for a volume "
-                           f"of shape {loaded.image.shape[:3]}")
+    allowed = label_values if label_values is not None else \
+        get_label_convention(case.label_convention).labels
+    labels = check_returned_labels(outputs, loaded.image.shape[:3], allowed, url)
     _, affine, reference = read_nifti_header(case.reference_path)
     write_nifti(out_path, labels.astype(np.uint8), affine, reference.header)
     if log:
         log(f"wrote {out_path} (labels {sorted(np.unique(labels).tolist())})")
+    return labels
+
+
+def check_returned_labels(outputs: Mapping[str, np.ndarray], shape, allowed, source: str) -> np.ndarray:
+    """The ``labels`` of a server's reply, checked: present, of the case's ``shape``,
+    every value in ``allowed``; else ``ValueError`` naming ``source``."""
+    if "labels" not in outputs:
+        raise ValueError(f"reply of {source}: expected 'labels', found outputs {sorted(outputs)}")
+    labels = np.asarray(outputs["labels"])
+    if labels.shape != tuple(shape):
+        raise ValueError(f"reply of {source}: expected labels of the case's shape {tuple(shape)}, "
+                         f"found shape {labels.shape}")
+    allowed = sorted(int(v) for v in allowed)
+    found = np.unique(labels)
+    bad = [v for v in found.tolist() if v not in allowed]
+    if bad:
+        raise ValueError(f"reply of {source}: expected labels in {allowed} (the label "
+                         f"convention), found {bad[:5]}")
     return labels

@@ -170,3 +170,12 @@ def test_help_does_not_load_tensorflow(argv):
     assert "missu_keras" in imported  # the log is read correctly
     assert not imported & {"tensorflow", "keras"}, sorted(imported & {"tensorflow", "keras"})
     assert "oneDNN" not in proc.stderr and "cuda" not in proc.stderr.lower()
+
+
+def test_help_through_python_dash_m_does_not_load_tensorflow():
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "missu_keras.cli", "--help"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
+                for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "missu_keras" in imported and not imported & {"tensorflow", "keras"}

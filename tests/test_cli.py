@@ -46,3 +46,19 @@ def test_a_wrong_setting_is_one_line_naming_it(capsys):
     assert main(["summary", "--preset", "tiny", "--set", "use_transformer=maybe"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "use_transformer must be true or false" in err and "'maybe'" in err
+
+
+def test_python_dash_m_runs_the_command(tmp_path):
+    """``python -m missu_keras.cli`` is the same command (for a scripts folder not on PATH)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "missu_keras.cli", "synth", "brats", str(tmp_path / "d"),
+                           "--cases", "1", "--shape", "16", "16", "8"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "d").rglob("*.nii.gz"))) == 5  # 4 modalities + seg
+    bad = subprocess.run([sys.executable, "-m", "missu_keras.cli", "synth", "brats", str(tmp_path / "d"),
+                          "--cases", "1", "--shape", "16", "16", "8"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr  # not empty: refused

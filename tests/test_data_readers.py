@@ -68,7 +68,7 @@ def test_each_layout_is_found_and_read(layouts, layout):
 
 def test_explicit_layout_and_root_above_the_data(layouts, tmp_path):
     cases = find_brats_cases(layouts["2021"], layout="2021")
-    assert [c.case_id for c in cases] == ["BraTS2021_00000", "BraTS2021_00001"]
+    assert [c.case_id for c in cases] == ["BraTS2021_SYNTH_00000", "BraTS2021_SYNTH_00001"]
     # The 2023 naming is not the 2021 one: asking for the wrong layout finds nothing.
     with pytest.raises(FileNotFoundError, match="2023 layout"):
         find_brats_cases(layouts["2021"], layout="2023")

@@ -114,7 +114,7 @@ def test_missing_prediction_is_reported_or_an_error_with_require_all(dataset, tm
     args = ["score", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "o")]
     assert run(args) == 0
     assert "1 ground-truth case(s) without a prediction" in capsys.readouterr().out
-    assert run(args + ["--require-all"]) == 2
+    assert run(args + ["--require-all", "--overwrite"]) == 2  # the earlier results: replaced
     assert "BraTS2021_00004" in capsys.readouterr().err
 
 

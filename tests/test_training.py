@@ -76,8 +76,8 @@ def test_crash_and_resume_with_the_same_command(tmp_path, data_dir, capsys):
     # 1) The run dies in the middle of its second epoch.
     with pytest.raises(Crash):
         train(settings, callbacks=[CrashAfter(STEPS + 1)], log=None)
-    meta = json.loads((out / "backup" / "training_metadata.json").read_text())
-    assert meta["epoch"] == 1
+    meta = json.loads((out / "backup" / "epoch-0001.json").read_text())
+    assert meta["epoch"] == 1 and not (out / "backup" / "epoch-0002.json").exists()
     assert len(_read_log(out / "log.csv")) == 1
 
     # 2) The same command again, from the command line: resumes at epoch 1.

@@ -12,6 +12,14 @@ from missu_keras.config import parse_set_options  # light: no TensorFlow
 USER_ERRORS = (ValueError, OSError, ImportError)
 
 
+def one_line(err: BaseException) -> str:
+    """A user error as one line: an ``OSError`` with a file as ``FILE: what``."""
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    return " ".join(text.split())
+
+
 def quiet_tensorflow(verbose: bool = False) -> None:
     """Hides TensorFlow's C++ start-up lines ("oneDNN custom operations are on", "Could
     not find cuda drivers", ...) unless ``verbose``. Takes effect when TensorFlow has not

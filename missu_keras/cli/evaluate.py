@@ -10,7 +10,8 @@ def register(subparsers):
     p = subparsers.add_parser(
         "evaluate", help="segment labelled cases and score them (Dice, HD95, ...)",
         description="Segments every case with a ground truth under DATA and writes cases.csv, "
-                    "summary.json and convention.txt to --out.")
+                    "summary.json and convention.txt to --out (checked before any work; "
+                    "earlier results are refused unless --overwrite).")
     p.add_argument("data", help="folder of labelled cases (BraTS or CHAOS)")
     p.add_argument("--out", required=True, help="output folder")
     add_inference_arguments(p)
@@ -18,6 +19,7 @@ def register(subparsers):
     p.add_argument("--save-predictions", action="store_true", help="also write predictions/<case>.nii.gz")
     p.add_argument("--skip-invalid", action="store_true",
                    help="leave out cases that fail validation instead of stopping")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.set_defaults(func=run)
     return p
 
@@ -27,5 +29,5 @@ def run(args) -> int:
 
     evaluate(args.model, args.data, args.out, weights=weights_argument(args.weights), layout=args.layout,
              case_ids=args.cases, save_predictions=args.save_predictions,
-             skip_invalid=args.skip_invalid, **segmenter_kwargs(args))
+             skip_invalid=args.skip_invalid, overwrite=args.overwrite, **segmenter_kwargs(args))
     return 0

@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from missu_keras.cli.common import (USER_ERRORS, add_set_option, int_or_triple_arg, quiet_tensorflow,
-                                    set_options, weights_argument)
+from missu_keras.cli.common import (USER_ERRORS, add_set_option, int_or_triple_arg, one_line,
+                                    quiet_tensorflow, set_options, weights_argument)
+from missu_keras.files import output_folder
 
 
 def add_export_arguments(p) -> None:
@@ -17,7 +18,9 @@ def add_export_arguments(p) -> None:
     p.add_argument("--weights", default="published",
                    help="'published' (default: a preset name's published weights, a saved preset "
                         "folder's or .keras file's own), 'none' (random initialisation), or a "
-                        ".weights.h5, .keras, preset folder, .npz or .pth/.pt file")
+                        ".weights.h5, .keras, preset folder, .npz or .pth/.pt file of that "
+                        "preset's configuration (another configuration is refused: pass such a "
+                        "file as --preset); recorded in the metadata as 'weights'")
     p.add_argument("--out", required=True, help="folder that receives <name>/<version>/")
     p.add_argument("--name", default="missu", help="model name (TF-Serving MODEL_NAME; default missu)")
     p.add_argument("--version", type=int, default=None, help="integer version (default: the next free one)")
@@ -43,17 +46,21 @@ def register(subparsers):
 
 def run(args) -> int:
     # The library loads TensorFlow: imported when the command runs, not for --help.
-    from missu_keras.export import export_savedmodel
+    from missu_keras.export import check_weights_fit_preset, export_savedmodel
     from missu_keras.pretrained import load_pretrained
 
     overrides = set_options(args)
     if args.image_size:
         overrides["image_size"] = int_or_triple_arg(args.image_size)
-    model = load_pretrained(args.preset, weights=weights_argument(args.weights), training_model=True,
-                            **overrides)
-    export_savedmodel(model, args.out, name=args.name, version=args.version,
-                      overwrite=args.overwrite, preset=args.preset, overlap=args.overlap,
-                      sw_batch_size=args.sw_batch_size, pad_to_multiple=args.pad_to_multiple)
+    weights = weights_argument(args.weights)
+    with output_folder(args.out, "--out"):  # checked before the model is built
+        model = load_pretrained(args.preset, weights=weights, training_model=True, **overrides)
+        if weights not in (None, "published"):
+            check_weights_fit_preset(model, args.preset, args.weights, overrides)
+        export_savedmodel(model, args.out, name=args.name, version=args.version,
+                          overwrite=args.overwrite, preset=args.preset, overlap=args.overlap,
+                          sw_batch_size=args.sw_batch_size, pad_to_multiple=args.pad_to_multiple,
+                          weights=args.weights)
     return 0
 
 
@@ -68,5 +75,5 @@ def export_main(argv=None) -> int:
     try:
         return run(args)
     except USER_ERRORS as err:
-        print(f"export_savedmodel.py: error: {err}", file=sys.stderr)
+        print(f"export_savedmodel.py: error: {one_line(err)}", file=sys.stderr)
         return 2

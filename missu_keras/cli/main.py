@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-from missu_keras.cli.common import USER_ERRORS, quiet_tensorflow
+from missu_keras.cli.common import USER_ERRORS, one_line, quiet_tensorflow
 
 # Command name -> module of this package (each has `register(subparsers)`).
 COMMANDS = {
@@ -47,15 +47,8 @@ def main(argv=None) -> int:
     except USER_ERRORS as err:
         if args.show_traceback:
             raise
-        print(f"missu-keras {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"missu-keras {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err) or type(err).__name__
-    if isinstance(err, OSError) and err.filename and err.strerror:
-        text = f"{err.filename}: {err.strerror}"
-    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 truth.
 
     missu-keras score --pred PRED_DIR --gt GT_DIR --out OUT_DIR [--convention brats]
+                      [--ignore-affine] [--overwrite]
 
 Writes ``OUT_DIR/cases.csv`` (``case, WT_dice, WT_hd95, ...``), ``OUT_DIR/summary.json``
 (``{region: {metric: {mean, std, median}}}``) and ``OUT_DIR/convention.txt``, and prints
-a table and the scoring convention. How files are paired by case name:
-`missu_keras.scoring`.
+a table and the scoring convention. ``OUT_DIR`` is checked before any case is scored, and
+earlier results in it are refused unless ``--overwrite``. Each prediction must have its
+ground truth's shape and affine (``--ignore-affine`` skips the affine check). How files
+are paired by case name: `missu_keras.scoring`.
 """
 
 from __future__ import annotations
@@ -27,18 +30,22 @@ def register(subparsers):
                    help="label convention of both folders (default: brats)")
     p.add_argument("--require-all", action="store_true",
                    help="fail if a ground-truth case has no prediction")
+    p.add_argument("--ignore-affine", action="store_true",
+                   help="score a prediction whose affine differs from its ground truth's "
+                        "(default: an error naming both files)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
     # scipy / Keras metrics: imported when the command runs, not for --help.
-    from missu_keras.metrics import CONVENTION, format_summary_table, write_scores
-    from missu_keras.scoring import score_directories
+    from missu_keras.metrics import CONVENTION, format_summary_table
+    from missu_keras.scoring import score_to_folder
 
-    rows, summary, missing = score_directories(args.pred, args.gt, args.convention,
-                                               require_all=args.require_all, log=print)
-    paths = write_scores(args.out, rows, summary)
+    rows, summary, missing, paths = score_to_folder(
+        args.pred, args.gt, args.out, args.convention, require_all=args.require_all,
+        ignore_affine=args.ignore_affine, overwrite=args.overwrite, log=print)
     print()
     print(f"Scored {len(rows)} case(s): predictions {args.pred} vs ground truth {args.gt} "
           f"({args.convention} convention)")

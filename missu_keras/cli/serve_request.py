@@ -4,9 +4,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 
 def register(subparsers):
     q = subparsers.add_parser(
@@ -27,13 +24,17 @@ def register(subparsers):
 def run(args) -> int:
     # NumPy / nibabel / the export metadata reader: imported when the command runs.
     from missu_keras.export import read_export_metadata
-    from missu_keras.serving import segment_case_rest
+    from missu_keras.serving import ServingError, segment_case_rest
 
-    modalities = args.modalities
-    if args.metadata and not modalities:
-        path = Path(args.metadata)
-        meta = json.loads(path.read_text()) if path.is_file() else read_export_metadata(path)
-        modalities = meta["modalities"]
-    segment_case_rest(args.case, args.server, args.out, model_name=args.name,
-                      version=args.version, modalities=modalities, timeout=args.timeout)
+    modalities, label_values = args.modalities, None
+    if args.metadata:
+        meta = read_export_metadata(args.metadata)  # errors name the file
+        modalities = modalities or meta["modalities"]
+        label_values = [int(v) for v in meta["label_map"].values()]
+    try:
+        segment_case_rest(args.case, args.server, args.out, model_name=args.name,
+                          version=args.version, modalities=modalities, timeout=args.timeout,
+                          label_values=label_values)
+    except ServingError as err:  # the server refused what was sent: the user's to fix
+        raise ValueError(str(err)) from err
     return 0

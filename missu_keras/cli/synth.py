@@ -2,13 +2,20 @@
 
 ``missu-keras synth brats OUT --cases N --seed S [--shape H W D] [--layout 2019|2020|2021|2023] [--nii] [--no-seg]``
 ``missu-keras synth chaos OUT --cases N --seed S [--shape H W D] [--no-t2spir]``
+
+OUT must be empty or new (``--overwrite`` writes into a non-empty folder, replacing files
+of the same names). BraTS case ids are marked synthetic (``BraTS2021_SYNTH_00000``, ...),
+so they never equal real BraTS ids.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from missu_keras.data.brats import BRATS_LAYOUTS  # light: no TensorFlow
+from missu_keras.files import prepare_output_dir
 
 
 def _positive(text: str) -> int:
@@ -33,6 +40,8 @@ def register(subparsers) -> None:
                    help="file layout (default 2021; 2023 uses t2f/t1c/t1n/t2w and ET label 3)")
     p.add_argument("--nii", action="store_true", help="write uncompressed .nii instead of .nii.gz")
     p.add_argument("--no-seg", action="store_true", help="omit the seg files (prediction-only cases)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder (files of the same names are replaced)")
     p.set_defaults(func=run_brats)
 
     c = kinds.add_parser("chaos", help="CHAOS-layout MR cases: T1DUAL / T2SPIR DICOM + Ground PNG masks")
@@ -42,12 +51,30 @@ def register(subparsers) -> None:
     c.add_argument("--shape", type=_positive, nargs=3, metavar=("H", "W", "D"),
                    help="rows, columns, slices (default 256 256 32)")
     c.add_argument("--no-t2spir", action="store_true", help="write only the T1DUAL series")
+    c.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder (files of the same names are replaced)")
     c.set_defaults(func=run_chaos)
+
+
+def check_empty_output(out: str, overwrite: bool) -> None:
+    """Refuses a non-empty ``out`` unless ``overwrite`` (synth never mixes its cases into
+    a data folder by accident), after checking that it is a writable folder."""
+    folder = Path(out)
+    entries = sorted(os.listdir(folder)) if folder.is_dir() else []
+    if entries and not overwrite:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise FileExistsError(
+            f"{folder} is not empty ({len(entries)} entries: {shown}); expected an empty or "
+            "new folder for synthetic cases: choose another, or pass --overwrite to write "
+            "into it (files of the same names are replaced)"
+        )
+    prepare_output_dir(folder, "OUT")
 
 
 def run_brats(args) -> int:
     from missu_keras.data.synthetic import write_synthetic_brats  # NumPy + nibabel, at run time
 
+    check_empty_output(args.out, args.overwrite)
     shape = tuple(args.shape) if args.shape else (240, 240, 155)
     dirs = write_synthetic_brats(
         args.out, num_cases=args.cases, seed=args.seed, shape=shape, layout=args.layout,
@@ -61,6 +88,7 @@ def run_brats(args) -> int:
 def run_chaos(args) -> int:
     from missu_keras.data.synthetic import write_synthetic_chaos  # pydicom + Pillow, at run time
 
+    check_empty_output(args.out, args.overwrite)
     shape = tuple(args.shape) if args.shape else (256, 256, 32)
     dirs = write_synthetic_chaos(args.out, num_cases=args.cases, seed=args.seed, shape=shape,
                                  t2spir=not args.no_t2spir)

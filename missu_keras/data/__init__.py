@@ -12,7 +12,7 @@ Real and synthetic data take the same path::
 ('flair', 't1ce', 't1', 't2')
 """
 
-import importlib
+from missu_keras._lazy import lazy_exports
 
 # Public name -> the module that defines it. Loaded on first use (PEP 562), so reading a
 # folder layout or a NIfTI header does not load TensorFlow (which pipeline.py needs).
@@ -68,14 +68,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'missu_keras.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -23,11 +23,11 @@ names; `missu_keras.data.validation.load_brats_case` reads and checks the volume
 '2023'
 >>> cases = find_brats_cases(root)
 >>> [c.case_id for c in cases]
-['BraTS-GLI-00000-000', 'BraTS-GLI-00001-000']
+['BraTS-GLI-SYNTH-00000-000', 'BraTS-GLI-SYNTH-00001-000']
 >>> cases[0].modalities
 ('flair', 't1ce', 't1', 't2')
 >>> [p.name for p in cases[0].image_paths.values()]
-['BraTS-GLI-00000-000-t2f.nii.gz', 'BraTS-GLI-00000-000-t1c.nii.gz', 'BraTS-GLI-00000-000-t1n.nii.gz', 'BraTS-GLI-00000-000-t2w.nii.gz']
+['BraTS-GLI-SYNTH-00000-000-t2f.nii.gz', 'BraTS-GLI-SYNTH-00000-000-t1c.nii.gz', 'BraTS-GLI-SYNTH-00000-000-t1n.nii.gz', 'BraTS-GLI-SYNTH-00000-000-t2w.nii.gz']
 """
 
 from __future__ import annotations

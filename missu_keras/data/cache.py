@@ -21,11 +21,11 @@ foreground voxels ``(i, j, k, class)`` for foreground over-sampling (up to
 >>> cfg = PreprocessingConfig.brats(patch_size=16)
 >>> result = build_cache(find_brats_cases(root), cache_dir, cfg, progress=False)
 >>> result.processed, result.reused
-(['BraTS2021_00000', 'BraTS2021_00001'], [])
+(['BraTS2021_SYNTH_00000', 'BraTS2021_SYNTH_00001'], [])
 >>> build_cache(find_brats_cases(root), cache_dir, cfg, progress=False).reused
-['BraTS2021_00000', 'BraTS2021_00001']
+['BraTS2021_SYNTH_00000', 'BraTS2021_SYNTH_00001']
 >>> cache = DataCache(cache_dir)
->>> cache.load_image("BraTS2021_00000").shape[-1], cache.load_label("BraTS2021_00000").dtype
+>>> cache.load_image("BraTS2021_SYNTH_00000").shape[-1], cache.load_label("BraTS2021_SYNTH_00000").dtype
 (4, dtype('uint8'))
 """
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -151,6 +152,16 @@ class DataCache:
         if path is None:
             raise FileNotFoundError(f"case {case_id!r} has no labels in the cache {self.directory}")
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+    def fingerprint(self, case_ids: Optional[Sequence[str]] = None) -> Dict[str, str]:
+        """``{case_id: digest}``: a sha256 over the names and sha256s of each case's
+        source files (from the manifest), not their folder, so a moved data folder has
+        the same fingerprint and a changed file a different one."""
+        prints = {}
+        for case_id in self.case_ids if case_ids is None else case_ids:
+            sources = sorted((Path(k).name, v["sha256"]) for k, v in self.entry(case_id).sources.items())
+            prints[case_id] = hashlib.sha256(json.dumps(sources).encode()).hexdigest()
+        return prints
 
     def load_foreground(self, case_id: str) -> np.ndarray:
         """``(N, 4)`` int32 foreground samples ``(i, j, k, class)``; ``(0, 4)`` if none."""

@@ -163,15 +163,30 @@ def write_nifti(path, data: np.ndarray, affine: np.ndarray) -> Path:
     return io.write_nifti(path, data, affine, description="missu-keras synthetic")
 
 
-def _brats_case_names(layout: str, index: int, rng) -> Tuple[str, Optional[str]]:
+SYNTHETIC_MARK = "SYNTH"
+"""In every synthetic BraTS case id, inside the layout's naming pattern
+(``BraTS2021_SYNTH_00000``, ``BraTS-GLI-SYNTH-00000-000``, ...): no real BraTS id holds
+it, so synthetic cases can never replace or be taken for real ones."""
+
+
+def synthetic_brats_case_id(layout: str, index: int) -> str:
+    """The id of synthetic case ``index`` in ``layout``.
+
+    >>> [synthetic_brats_case_id(layout, 0) for layout in BRATS_LAYOUTS]
+    ['BraTS19_SYNTH_000_1', 'BraTS20_SYNTH_001', 'BraTS2021_SYNTH_00000', 'BraTS-GLI-SYNTH-00000-000']
+    """
     if layout == "2019":
-        grade = "HGG" if index % 2 == 0 else "LGG"
-        return f"BraTS19_SYN_{index:03d}_1", grade
+        return f"BraTS19_{SYNTHETIC_MARK}_{index:03d}_1"
     if layout == "2020":
-        return f"BraTS20_Training_{index + 1:03d}", None
+        return f"BraTS20_{SYNTHETIC_MARK}_{index + 1:03d}"
     if layout == "2021":
-        return f"BraTS2021_{index:05d}", None
-    return f"BraTS-GLI-{index:05d}-000", None
+        return f"BraTS2021_{SYNTHETIC_MARK}_{index:05d}"
+    return f"BraTS-GLI-{SYNTHETIC_MARK}-{index:05d}-000"
+
+
+def _brats_case_names(layout: str, index: int) -> Tuple[str, Optional[str]]:
+    grade = ("HGG" if index % 2 == 0 else "LGG") if layout == "2019" else None
+    return synthetic_brats_case_id(layout, index), grade
 
 
 def write_synthetic_brats(
@@ -188,7 +203,8 @@ def write_synthetic_brats(
     Args:
         out_dir: root folder (created). 2019 cases go to ``HGG/`` and ``LGG/``
             alternately.
-        num_cases: how many cases.
+        num_cases: how many cases, named `synthetic_brats_case_id` (marked ``SYNTH``, so
+            never a real BraTS id).
         seed: case ``i`` depends only on ``(seed, i)``.
         shape: ``(H, W, D)``; default the full 240 x 240 x 155.
         layout: ``"2019"``, ``"2020"``, ``"2021"`` (default) or ``"2023"`` (file names
@@ -209,7 +225,7 @@ def write_synthetic_brats(
     for i, child in enumerate(np.random.SeedSequence(int(seed)).spawn(int(num_cases))):
         rng = np.random.default_rng(child)
         vols = synthetic_brats_volumes(shape, rng, enhancing_label=3 if layout == "2023" else 4)
-        case_id, grade = _brats_case_names(layout, i, rng)
+        case_id, grade = _brats_case_names(layout, i)
         case_dir = out_dir / grade / case_id if grade else out_dir / case_id
         for modality, vol in vols["images"].items():
             suffix = MODALITY_2023_NAMES[modality] if layout == "2023" else modality
@@ -437,7 +453,9 @@ __all__ = [
     "CHAOS_MR_IDS",
     "FULL_BRATS_SHAPE",
     "brats_affine",
+    "SYNTHETIC_MARK",
     "smooth_field",
+    "synthetic_brats_case_id",
     "synthetic_brats_volumes",
     "synthetic_chaos_volumes",
     "write_nifti",

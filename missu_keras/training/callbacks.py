@@ -1,18 +1,25 @@
-"""The callbacks of a training run: whole-case validation with the best checkpoint and
-TensorBoard images, the learning rate in the logs, NaN placeholders dropped."""
+"""The callbacks of a training run: whole-case validation and TensorBoard images, the
+learning rate in the logs, the CSV log, the best and last checkpoints (every file
+written atomically), NaN placeholders dropped; and the test hook that pauses a run at
+a named point (`pause_for_test`)."""
 
 from __future__ import annotations
 
+import csv
+import errno
+import io
 import json
 import math
 import os
-from typing import Dict, Optional, Sequence
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from missu_keras.files import write_json_atomic
+from missu_keras.files import atomic_path, write_json_atomic, write_text_atomic
 from missu_keras.inference import SlidingWindowInferer
 from missu_keras.labels import get_label_convention
 from missu_keras.metrics import dice_score
@@ -125,6 +132,7 @@ class SlidingWindowValidation(keras.callbacks.Callback):
         if not self._due(epoch, self.every):
             logs.update({k: float("nan") for k in self.keys})
             return
+        pause_for_test("validation", epoch)
         scores, predictions = self.validate()
         for r, v in scores.items():
             logs[f"val_dice_{r}"] = v
@@ -132,9 +140,7 @@ class SlidingWindowValidation(keras.callbacks.Callback):
         logs["val_dice_mean"] = mean
         if self.best_path and mean > self.best:
             self.best = mean
-            os.makedirs(os.path.dirname(self.best_path) or ".", exist_ok=True)
-            self.model.save(self.best_path)
-            write_json_atomic(self.best_path + ".json", {"epoch": epoch + 1, "val_dice_mean": mean, **scores})
+            save_best(self.model, self.best_path, epoch, mean, scores)
         if self.log_dir and self._due(epoch, self.image_every):
             self._write_image(epoch, predictions)
 
@@ -169,3 +175,165 @@ class DropNaN(keras.callbacks.Callback):
         if logs:
             for k in [k for k, v in logs.items() if isinstance(v, float) and math.isnan(v)]:
                 del logs[k]
+
+
+# ------------------------------------------------------------ atomic checkpoints --
+
+PAUSE_ENV = "MISSU_KERAS_TEST_PAUSE_AT"
+PAUSE_FILE_ENV = "MISSU_KERAS_TEST_PAUSE_FILE"
+PAUSE_POINTS = ("backup", "validation", "between_epochs")
+
+
+def pause_for_test(point: str, epoch: int) -> None:
+    """Test hook: with ``MISSU_KERAS_TEST_PAUSE_AT=<point>@<epoch>`` (epochs counted from
+    0, as Keras does) the run writes the file named by ``MISSU_KERAS_TEST_PAUSE_FILE``
+    when it reaches that point and then sleeps, so a test can kill it exactly there.
+
+    Points: ``backup`` (the weights of the epoch's backup written under their temporary
+    name, not yet renamed), ``validation`` (before the epoch's validation),
+    ``between_epochs`` (at the start of an epoch, after the previous one's backup).
+    Without the variable this does nothing.
+    """
+    wanted = os.environ.get(PAUSE_ENV)
+    if not wanted or wanted != f"{point}@{int(epoch)}":
+        return
+    marker = os.environ.get(PAUSE_FILE_ENV)
+    if marker:
+        write_text_atomic(marker, f"{point}@{int(epoch)} pid {os.getpid()}\n")
+    while True:  # until killed
+        time.sleep(60)
+
+
+def raise_write_error(exc: OSError, target) -> None:
+    """Re-raises a writer's ``OSError`` naming ``target`` (not a temporary name)."""
+    reason = exc.strerror or str(exc)
+    raise OSError(exc.errno or errno.EIO, f"could not write the file ({reason})", str(target)) from exc
+
+
+def save_model_atomic(model, target) -> Path:
+    """``model.save`` to a ``.keras`` file through a temporary name in the same folder: a
+    kill or a full disk leaves the previous file, never half of one."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target, suffix=".keras") as tmp:
+            model.save(tmp)
+    except OSError as exc:
+        raise_write_error(exc, target)
+    return target
+
+
+def save_best(model, path, epoch: int, mean: float, scores: Dict[str, float]) -> dict:
+    """Saves the best model to ``path`` and its record to ``path`` + ``.json`` (both
+    atomically, the model first); returns the record."""
+    save_model_atomic(model, path)
+    record = {"epoch": int(epoch) + 1, "val_dice_mean": float(mean), **scores}
+    write_json_atomic(str(path) + ".json", record)
+    return record
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model to ``path`` when ``val_dice_mean`` of the epoch logs improves (a
+    NaN, on an epoch without validation, never does); ``path`` + ``.json`` records the
+    epoch and the scores.
+
+    Args:
+        path: the ``.keras`` file.
+        initial: the record of the best so far (from the run's backup), or None.
+    """
+
+    def __init__(self, path, initial: Optional[dict] = None):
+        super().__init__()
+        self.path = Path(path)
+        self.record = dict(initial) if initial else None
+
+    @property
+    def best(self) -> float:
+        return float(self.record["val_dice_mean"]) if self.record else -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        mean = float((logs or {}).get("val_dice_mean", math.nan))
+        if math.isnan(mean) or not mean > self.best:
+            return
+        scores = {k[len("val_dice_"):]: float(v) for k, v in logs.items()
+                  if k.startswith("val_dice_") and k != "val_dice_mean"}
+        self.record = save_best(self.model, self.path, epoch, mean, scores)
+
+
+class LastCheckpoint(keras.callbacks.Callback):
+    """Saves the model to ``path`` (a ``.keras`` file) after every epoch, atomically."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_model_atomic(self.model, self.path)
+
+
+def _csv_value(value) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def read_log_rows(path, epochs: int, warn: Callable[[str], None] = print):
+    """``(header, rows)`` of a CSV log, keeping the rows of the first ``epochs`` epochs
+    (a resumed run drops the rows of epochs its backup does not cover)."""
+    path = Path(path)
+    if not path.is_file():
+        if epochs:
+            warn(f"warning: {path} is missing; the rows of epochs 0-{epochs - 1} are lost")
+        return None, []
+    table = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    if not table:
+        return None, []
+    header, rows = table[0], []
+    for row in table[1:]:
+        if len(row) == len(header) and row[0].isdigit() and int(row[0]) < epochs:
+            rows.append(row)
+    if len(rows) < epochs:
+        warn(f"warning: {path} holds {len(rows)} rows for the {epochs} epochs done; "
+             "the missing rows are lost")
+    return header, rows
+
+
+class CSVLog(keras.callbacks.Callback):
+    """One row per epoch (``epoch`` then the log names, sorted), the whole file rewritten
+    atomically after every epoch. On a resumed run (``initial_epoch`` > 0) the rows of
+    epochs after ``initial_epoch`` (written before a kill, not covered by the backup) are
+    dropped, so the log equals an uninterrupted run's."""
+
+    def __init__(self, path, initial_epoch: int = 0, warn: Callable[[str], None] = print):
+        super().__init__()
+        self.path = Path(path)
+        self.initial_epoch = int(initial_epoch)
+        self.warn = warn
+        self.header: Optional[List[str]] = None
+        self.rows: List[List[str]] = []
+
+    def on_train_begin(self, logs=None):
+        self.header, self.rows = read_log_rows(self.path, self.initial_epoch, self.warn)
+        if self.path.is_file():
+            self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.header is None:
+            self.header = ["epoch"] + sorted(logs)
+        self.rows.append([str(epoch)] + [_csv_value(logs.get(k, "NA")) for k in self.header[1:]])
+        self._write()
+
+    def _write(self):
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        if self.header is not None:
+            writer.writerow(self.header)
+        writer.writerows(self.rows)
+        try:
+            write_text_atomic(self.path, text.getvalue())
+        except OSError as exc:
+            raise_write_error(exc, self.path)

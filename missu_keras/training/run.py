@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import random
 import shutil
@@ -22,14 +23,21 @@ from missu_keras.data.chaos import find_chaos_cases
 from missu_keras.data.pipeline import make_training_dataset
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.distribute import choose_strategy, is_chief, worker_tag
-from missu_keras.files import write_json_atomic
+from missu_keras.files import prepare_output_dir, write_json_atomic
 from missu_keras.metrics import region_dice_metrics
 from missu_keras.models import MISSU
 from missu_keras.optimizers import paper_optimizer
 from missu_keras.presets import get_preset_config
-from missu_keras.training.callbacks import DropNaN, LogLearningRate, SlidingWindowValidation
+from missu_keras.training.backup import EpochBackup, find_backup
+from missu_keras.training.callbacks import (BestCheckpoint, CSVLog, DropNaN, LastCheckpoint,
+                                            LogLearningRate, SlidingWindowValidation)
 from missu_keras.training.config import RESUMABLE_CHANGES, TrainConfig
 from missu_keras.version import __version__
+
+logger = logging.getLogger("missu_keras.training")
+# Settings that name where things are, not what the run is: compared by content (the data
+# fingerprint) or not at all (the run folder itself is the run's identity; it may move).
+_PATH_SETTINGS = ("data", "val_data", "out", "cache_dir")
 
 
 @dataclasses.dataclass
@@ -170,71 +178,122 @@ def _build_model(config: TrainConfig, overrides: dict, data: _Data, precision: s
     return model
 
 
+def _resolved_paths(train: Dict[str, Any]) -> Dict[str, Any]:
+    """The training settings with the path settings made absolute (as stored in config.json)."""
+    return {k: (str(Path(v).resolve()) if k in _PATH_SETTINGS and v else v) for k, v in train.items()}
+
+
+def _setting_diffs(old_train: Dict[str, Any], new_train: Dict[str, Any]) -> List[str]:
+    old, new = dict(old_train), dict(new_train)
+    for k in RESUMABLE_CHANGES + _PATH_SETTINGS:
+        old.pop(k, None), new.pop(k, None)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
+def _data_diffs(old: Dict[str, str], new: Dict[str, str]) -> List[str]:
+    """What changed in the data between two fingerprints (`DataCache.fingerprint`), by case."""
+    if old is None:  # a run folder of an earlier version, without a fingerprint
+        return []
+    changes = (("cases whose files changed", sorted(k for k in set(old) & set(new) if old[k] != new[k])),
+               ("cases no longer there", sorted(set(old) - set(new))),
+               ("new cases", sorted(set(new) - set(old))))
+    return [f"data: {what} {ids}" for what, ids in changes if ids]
+
+
 def _check_resumable(out: Path, stored: Dict[str, Any]):
+    """Refuses a run folder holding another run: other settings (paths aside: the folder
+    may move, a relative path or a trailing '/' is the same folder), another model, or
+    other data (compared by content, the fingerprint of the cases' files)."""
     path = out / "config.json"
     if not path.is_file():
         return
-    previous = json.loads(path.read_text())
-    old, new = dict(previous.get("train", {})), dict(stored["train"])
-    for k in RESUMABLE_CHANGES:
-        old.pop(k, None), new.pop(k, None)
-    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k)]
+    try:
+        previous = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); expected the config.json of a "
+                         "missu-keras train run") from None
+    diffs = _setting_diffs(previous.get("train", {}), stored["train"])
     if previous.get("model") != stored["model"]:
         diffs.append("model configuration")
+    diffs += _data_diffs(previous.get("data_fingerprint"), stored["data_fingerprint"])
     if diffs:
         raise ValueError(
             f"{out} holds a run with a different configuration ({'; '.join(diffs)}); resume "
-            "it with its own settings or choose a new --out"
+            "it with its own settings and data or choose a new --out"
         )
 
 
+def _remove_temporaries(folders: _Folders, say) -> None:
+    """Deletes the temporary files (``.tmp-*``) a killed run left half-written."""
+    found = [p for d in (folders.write_dir, folders.checkpoints, folders.backup_dir) if d.is_dir()
+             for p in sorted(d.glob(".tmp-*")) if p.is_file()]
+    for path in found:
+        path.unlink(missing_ok=True)
+    if found:
+        say(f"removed {len(found)} unfinished file(s) of an interrupted run: "
+            f"{', '.join(str(p) for p in found)}")
+
+
 def _open_run_folder(config: TrainConfig, data: _Data, model: MISSU, precision: str, strategy,
-                     say) -> tuple:
+                     say, warn) -> tuple:
     """Checks that ``out`` holds no other run, writes ``config.json`` and ``split.json``
-    (chief only) and returns ``(folders, initial epoch)`` read from the backup."""
+    (chief only) and returns ``(folders, the backup to resume from or None)``."""
     out, tag = Path(config.out), worker_tag(strategy)
-    stored = {"train": config.to_dict(), "model": model.config.to_dict(),
+    stored = {"train": _resolved_paths(config.to_dict()), "model": model.config.to_dict(),
               "preprocessing": data.preprocessing.to_dict(), "precision": precision,
-              "steps_per_epoch": data.steps, "version": __version__}
+              "steps_per_epoch": data.steps, "version": __version__,
+              "data_fingerprint": data.cache.fingerprint(data.train_ids + data.val_ids)}
     stored = json.loads(json.dumps(stored))  # tuples -> lists, as read back from disk
     _check_resumable(out, stored)
     chief = is_chief(strategy)
     folders = _Folders(out, out if chief else out / f"scratch-{tag}",
                        out / ("backup" if not tag else f"backup-{tag}"), chief)
-    meta = folders.backup_dir / "training_metadata.json"
-    initial_epoch = json.loads(meta.read_text())["epoch"] if meta.is_file() else 0
-    if initial_epoch:
-        say(f"resuming from epoch {initial_epoch} (backup in {folders.backup_dir})")
+    _remove_temporaries(folders, say)
+    backup = find_backup(folders.backup_dir, warn)
+    if backup is not None:
+        say(f"resuming from epoch {backup.epoch} (backup {backup.weights})")
     if chief:
-        out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", stored)
         write_json_atomic(out / "split.json", {"train": data.train_ids, "validation": data.val_ids})
     folders.checkpoints.mkdir(parents=True, exist_ok=True)
-    return folders, initial_epoch
+    return folders, backup
 
 
-def _callbacks(config: TrainConfig, data: _Data, folders: _Folders, extra, say) -> list:
-    """Backup first (so a resumed run restores before anything else runs), validation and
-    the best checkpoint, the logs, the last checkpoint, then the caller's callbacks."""
-    cbs: List[keras.callbacks.Callback] = [
-        keras.callbacks.BackupAndRestore(str(folders.backup_dir), delete_checkpoint=False)]
+def _callbacks(config: TrainConfig, data: _Data, folders: _Folders, backup, extra, say, warn) -> list:
+    """In the order an epoch must end: validation, the learning rate, the log row, the
+    best and last checkpoints, TensorBoard, the caller's callbacks, and last the backup
+    that marks the epoch done (it also restores a resumed run when training begins)."""
+    cbs: List[keras.callbacks.Callback] = []
     if data.val_ids:
         cbs.append(SlidingWindowValidation(
             data.cache, data.val_ids, data.patch, data.preprocessing.label_convention,
             every=config.validation_every, overlap=config.overlap, image_every=config.image_every,
-            log_dir=str(folders.tensorboard), best_path=str(folders.checkpoints / "best.keras")))
+            log_dir=str(folders.tensorboard)))
     else:
         say("no validation cases: no best checkpoint, only the last one")
+    cbs += [LogLearningRate(), CSVLog(folders.write_dir / "log.csv", backup.epoch if backup else 0, warn)]
+    best = None
+    if data.val_ids:
+        best = BestCheckpoint(folders.checkpoints / "best.keras", backup.best if backup else None)
+        cbs.append(best)
     return cbs + [
-        LogLearningRate(),
-        keras.callbacks.CSVLogger(str(folders.write_dir / "log.csv"), append=True),
-        keras.callbacks.ModelCheckpoint(str(folders.checkpoints / "last.keras")),
+        LastCheckpoint(folders.checkpoints / "last.keras"),
         DropNaN(),
         keras.callbacks.TensorBoard(str(folders.tensorboard), update_freq="epoch", write_graph=False),
         keras.callbacks.TerminateOnNaN(),
         *extra,
+        EpochBackup(folders.backup_dir, backup, (lambda: best.record) if best else (lambda: None)),
     ]
+
+def _dataset(config: TrainConfig, data: _Data, initial_epoch: int):
+    """The training stream, started where an uninterrupted run would be after
+    ``initial_epoch`` epochs (every crop and augmentation is a function of the seed and the
+    sample index, so skipping samples restores the data position exactly)."""
+    return make_training_dataset(
+        data.cache, batch_size=config.batch_size, patch_size=data.patch, case_ids=data.train_ids,
+        seed=config.seed, foreground_oversample=config.foreground_oversample,
+        skip_samples=initial_epoch * data.steps * config.batch_size)
 
 
 def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=None,
@@ -266,6 +325,8 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
     base = config.to_dict() if isinstance(config, TrainConfig) else dict(config or {})
     config = TrainConfig.from_dict({**base, **settings})
     say = log or (lambda *a, **k: None)
+    warn = log or logger.warning
+    prepare_output_dir(config.out, "--out")  # before any computation
     strategy = strategy or choose_strategy()
     preset = get_preset_config(config.preset)
     patch = int_or_triple(config.patch_size if config.patch_size is not None else preset["image_size"],
@@ -275,18 +336,16 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
     data = _prepare_data(config, patch, worker_tag(strategy), say)
     precision = resolve_precision(config.precision)
     model = _build_model(config, _model_overrides(config, preset, data), data, precision, strategy)
-    folders, initial_epoch = _open_run_folder(config, data, model, precision, strategy, say)
-    dataset = make_training_dataset(
-        data.cache, batch_size=config.batch_size, patch_size=patch, case_ids=data.train_ids,
-        seed=config.seed, foreground_oversample=config.foreground_oversample,
-        skip_samples=initial_epoch * data.steps * config.batch_size)
+    folders, backup = _open_run_folder(config, data, model, precision, strategy, say, warn)
+    initial_epoch = backup.epoch if backup is not None else 0
+    dataset = _dataset(config, data, initial_epoch)
     say(f"training {config.preset} ({precision}) on {len(data.train_ids)} cases, validating on "
         f"{len(data.val_ids)}: {config.epochs} epochs x {data.steps} steps, batch "
         f"{config.batch_size}, patch {patch}, {strategy.num_replicas_in_sync} replica(s)")
     t0 = time.time()
     history = model.fit(dataset, epochs=config.epochs, steps_per_epoch=data.steps,
-                        callbacks=_callbacks(config, data, folders, callbacks, say),
-                        verbose=config.verbose, shuffle=False)
+                        initial_epoch=initial_epoch, verbose=config.verbose, shuffle=False,
+                        callbacks=_callbacks(config, data, folders, backup, callbacks, say, warn))
     say(f"trained in {time.time() - t0:.0f} s; outputs in {folders.out}")
     if not folders.chief:
         shutil.rmtree(folders.write_dir, ignore_errors=True)

@@ -32,7 +32,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -189,10 +191,23 @@ def load_keras_file(path) -> keras.Model:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path!r}")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" for it
+        raise ValueError(
+            f"{path!r} is corrupt or not a .keras file: expected a .keras zip archive "
+            f"(written by model.save), found {os.path.getsize(path)} bytes that are not one"
+        )
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for a file it cannot read
-        raise ValueError(f"Could not read the Keras model file {path!r}: {err}") from err
+        raise ValueError(f"Could not read the Keras model file {path!r} (corrupt, or written "
+                         f"by another version?): {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message cut to its first line and ``limit`` characters (Keras
+    messages can run to pages of layer names and weight values)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 # ------------------------------------------------------------------- from_preset -----
@@ -336,10 +351,30 @@ def load_keras_weights(model, path) -> None:
             _load_strict(model.inference_model(), path)
         except Exception as inference_error:
             raise ValueError(
-                f"Could not load {path!r} into the training model ({training_error}) nor "
-                f"into the inference model ({inference_error}); check that the preset "
-                "and configuration overrides match the ones the weights were saved with"
+                f"Could not load {path!r}: it does not fit the model built from the preset "
+                f"and overrides: {_mismatch_summary(training_error, inference_error)}; pass "
+                "the preset and configuration the weights were saved with"
             ) from inference_error
+
+
+_SHAPES = re.compile(r"variable\.shape=(\([^)]*\)).*?value\.shape=(\([^)]*\))"
+                     r"(?:.*?Target variable: <Variable path=([^,>\s]+))?", re.DOTALL)
+_COUNT = re.compile(r"A total of (\d+) objects could not be loaded")
+
+
+def _mismatch_summary(*errors: BaseException) -> str:
+    """The first differing tensor (its path and both shapes) and how many objects did
+    not fit, from Keras' load errors (which list every layer and print weight values)."""
+    for err in errors:
+        text = str(err)
+        shapes = _SHAPES.search(text)
+        if shapes:
+            count = _COUNT.search(text)
+            where = shapes.group(3) or "a tensor"
+            total = f"{count.group(1)} objects differ; " if count else ""
+            return (f"{total}first, {where} has shape {shapes.group(1)} in the model but "
+                    f"{shapes.group(2)} in the file")
+    return _first_line(errors[0])
 
 
 def copy_layer_weights(source_model, target_model, path) -> None:

@@ -63,7 +63,8 @@ def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
         if isinstance(err, OSError) and err.errno and err.filename in (None, str(tmp)):
             # A full or read-only disk: name the file the user asked for, not the
             # temporary one (which is gone).
-            raise type(err)(err.errno, err.strerror or str(err), str(target)) from err
+            raise type(err)(err.errno, f"could not write the file ({err.strerror or err})",
+                            str(target)) from err
         raise
 
 

@@ -11,7 +11,7 @@ from missu_keras.cli import main
 def test_demo_writes_every_artifact_and_reaches_the_documented_quality(tmp_path):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "demo.json").read_text())
-    assert report["wt_dice"] >= 0.80, report  # README: held-out WT Dice 0.97
+    assert report["wt_dice"] >= 0.80, report  # README: held-out WT Dice 0.96
     summary = json.loads((tmp_path / "evaluation" / "summary.json").read_text())
     assert set(summary) == {"WT", "TC", "ET"} and set(summary["WT"]["dice"]) == {"mean", "std", "median"}
     pred = nib.load(report["prediction"])

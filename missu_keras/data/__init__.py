@@ -55,7 +55,7 @@ _EXPORTS = {
     "read_nifti": "missu_keras.data.validation",
     "restore_labels": "missu_keras.data.preprocessing",
     "sample_crop_start": "missu_keras.data.pipeline",
-    "sha256_file": "missu_keras.data.cache",
+    "sha256_file": "missu_keras.files",
     "synthetic_brats_volumes": "missu_keras.data.synthetic",
     "synthetic_chaos_volumes": "missu_keras.data.synthetic",
     "uncrop": "missu_keras.data.preprocessing",

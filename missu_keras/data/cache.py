@@ -46,7 +46,7 @@ import numpy as np
 
 from missu_keras.data.preprocessing import CropBox, PreprocessingConfig, preprocess_case
 from missu_keras.data.validation import SkippedCase
-from missu_keras.files import atomic_path, sha256_file, write_text_atomic  # sha256_file: also public here
+from missu_keras.files import atomic_path, sha256_file, write_text_atomic
 
 logger = logging.getLogger("missu_keras.data")
 

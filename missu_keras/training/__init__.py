@@ -59,10 +59,6 @@ _EXPORTS = {
     "BestCheckpoint": "missu_keras.training.callbacks",
     "CSVLog": "missu_keras.training.callbacks",
     "DropNaN": "missu_keras.training.callbacks",
-    # Where a notebook reaches for them beside `train` (defined in missu_keras.distribute).
-    "choose_strategy": "missu_keras.distribute",
-    "is_chief": "missu_keras.distribute",
-    "worker_tag": "missu_keras.distribute",
     "LastCheckpoint": "missu_keras.training.callbacks",
     "LogLearningRate": "missu_keras.training.callbacks",
     "SlidingWindowValidation": "missu_keras.training.callbacks",
@@ -76,6 +72,10 @@ _EXPORTS = {
     "TrainResult": "missu_keras.training.run",
     "resolve_precision": "missu_keras.training.run",
     "train": "missu_keras.training.run",
+    # Where a notebook reaches for them beside `train` (defined in missu_keras.distribute).
+    "choose_strategy": "missu_keras.distribute",
+    "is_chief": "missu_keras.distribute",
+    "worker_tag": "missu_keras.distribute",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 
 from missu_keras.files import atomic_path, sha256_file, write_json_atomic
-from missu_keras.training.callbacks import pause_for_test, raise_write_error
+from missu_keras.training.callbacks import pause_for_test
 
 RECORD_VERSION = 1
 KEEP = 2  # complete backups kept: the newest, and the one before it as a fallback
@@ -159,21 +159,16 @@ class EpochBackup(keras.callbacks.Callback):
         name = backup_name(epoch)
         weights = self.backup_dir / f"{name}.weights.h5"
         record = self.backup_dir / f"{name}.json"
-        try:
-            with atomic_path(weights, suffix=".weights.h5") as tmp:
-                self.model.save_weights(tmp)
-                pause_for_test("backup", epoch - 1)
-        except OSError as exc:
-            raise_write_error(exc, weights)
-        try:
-            write_json_atomic(record, {
-                "version": RECORD_VERSION, "epoch": int(epoch), "weights": weights.name,
-                "sha256": sha256_file(weights),
-                "seed_states": [np.asarray(v.numpy()).tolist() for v in seed_state_variables(self.model)],
-                "best": self.best(),
-            })
-        except OSError as exc:
-            raise_write_error(exc, record)
+        # A write error names the backup file, not the temporary one (files.atomic_path).
+        with atomic_path(weights, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
+            pause_for_test("backup", epoch - 1)
+        write_json_atomic(record, {
+            "version": RECORD_VERSION, "epoch": int(epoch), "weights": weights.name,
+            "sha256": sha256_file(weights),
+            "seed_states": [np.asarray(v.numpy()).tolist() for v in seed_state_variables(self.model)],
+            "best": self.best(),
+        })
         self._prune(epoch)
         return record
 

@@ -6,7 +6,6 @@ a named point (`pause_for_test`)."""
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import math
@@ -204,22 +203,14 @@ def pause_for_test(point: str, epoch: int) -> None:
         time.sleep(60)
 
 
-def raise_write_error(exc: OSError, target) -> None:
-    """Re-raises a writer's ``OSError`` naming ``target`` (not a temporary name)."""
-    reason = exc.strerror or str(exc)
-    raise OSError(exc.errno or errno.EIO, f"could not write the file ({reason})", str(target)) from exc
-
-
 def save_model_atomic(model, target) -> Path:
     """``model.save`` to a ``.keras`` file through a temporary name in the same folder: a
-    kill or a full disk leaves the previous file, never half of one."""
+    kill or a full disk leaves the previous file, never half of one (and a write error
+    names ``target``)."""
     target = Path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target, suffix=".keras") as tmp:
-            model.save(tmp)
-    except OSError as exc:
-        raise_write_error(exc, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target, suffix=".keras") as tmp:
+        model.save(tmp)
     return target
 
 
@@ -333,7 +324,4 @@ class CSVLog(keras.callbacks.Callback):
         if self.header is not None:
             writer.writerow(self.header)
         writer.writerows(self.rows)
-        try:
-            write_text_atomic(self.path, text.getvalue())
-        except OSError as exc:
-            raise_write_error(exc, self.path)
+        write_text_atomic(self.path, text.getvalue())  # a write error names self.path

@@ -286,6 +286,7 @@ def _callbacks(config: TrainConfig, data: _Data, folders: _Folders, backup, extr
         EpochBackup(folders.backup_dir, backup, (lambda: best.record) if best else (lambda: None)),
     ]
 
+
 def _dataset(config: TrainConfig, data: _Data, initial_epoch: int):
     """The training stream, started where an uninterrupted run would be after
     ``initial_epoch`` epochs (every crop and augmentation is a function of the seed and the

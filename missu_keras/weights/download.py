@@ -14,6 +14,7 @@ ValueError: No published weights for preset 'brats': the built-in table has no U
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -112,10 +113,8 @@ def _writable_cache_dir(cache_dir) -> str:
     if cache_dir is None:  # Keras' own default: $KERAS_HOME, else ~/.keras
         cache_dir = os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")
     cache_dir = os.path.expanduser(os.fspath(cache_dir))
-    try:
+    with contextlib.suppress(OSError):  # an uncreatable folder is replaced just below
         os.makedirs(cache_dir, exist_ok=True)  # get_file only uses folders that exist
-    except OSError:
-        pass
     if not os.access(cache_dir, os.W_OK):
         cache_dir = os.path.join(tempfile.gettempdir(), ".keras")  # get_file does the same
     return cache_dir

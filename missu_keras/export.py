@@ -55,7 +55,6 @@ from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.files import prepare_output_dir
 from missu_keras.inference import (SlidingWindowInferer, as_preprocessing_config,
                                    segment_patches, segment_volume)
-from missu_keras.labels import get_label_convention
 from missu_keras.layers import MultiScaleFusion, PyramidFusion
 from missu_keras.models import MISSU
 from missu_keras.presets import get_preset_config, get_preset_preprocessing, list_presets
@@ -256,7 +255,7 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
         what = f"{SERVING_SIGNATURE}: image"
         image = _check_shape(image, [None, *patch, channels], what,
                              "[batch, " + ", ".join(map(str, patch)) + f", {channels}]", modalities)
-        return segment_patches(image, predict, preprocessing.label_convention, what=what)
+        return segment_patches(image, predict, preprocessing.convention, what=what)
 
     def serve_volume(volume):
         what = f"{VOLUME_SIGNATURE}: volume"
@@ -376,7 +375,7 @@ def _export_metadata(model, inference, prep, prep_source: str, name: str, versio
     if msf and not msf_in_graph:  # the inference graph must never reach the MSF branch
         raise RuntimeError(f"MSF layers {msf} reached the inference graph with msf_mode="
                            f"{cfg.msf_mode!r}")
-    convention = get_label_convention(prep.label_convention)
+    convention = prep.convention
     return {
         "format": "missu_keras SavedModel export",
         "format_version": FORMAT_VERSION,

@@ -14,12 +14,24 @@ prediction and export can never disagree.
 [0, 1, 2, 4]
 >>> sorted(conv.regions)
 ['ET', 'TC', 'WT']
+
+A dataset that defines its own labels (an nnU-Net or Decathlon ``dataset.json``) carries
+its convention as a `LabelConvention` (saved as ``to_dict()``); `get_label_convention`
+takes a registered name, a `LabelConvention` or such a dict, and is the one way every
+consumer turns what it holds into a convention:
+
+>>> custom = LabelConvention("Dataset001_Liver", (0, 1), {"liver": (1,)})
+>>> get_label_convention(custom.to_dict()) == custom
+True
+>>> msd = get_label_convention("msd_brats")
+>>> msd.to_classes(np.array([0, 1, 2, 3])).tolist()  # MSD 1 edema is class 2, as BraTS 2
+[0, 2, 1, 3]
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Tuple, Union
 
 import numpy as np
 
@@ -111,14 +123,65 @@ LABEL_CONVENTIONS: Dict[str, LabelConvention] = {
     ),
     # CHAOS MR liver: masks are thresholded to 0/1 when read.
     "chaos": LabelConvention("chaos", (0, 1), {"liver": (1,)}),
+    # Medical Segmentation Decathlon Task01_BrainTumour: 1 edema, 2 non-enhancing tumour,
+    # 3 enhancing tumour. Listed so that training class i is the same tissue as in "brats"
+    # (1 necrotic / non-enhancing core, 2 edema, 3 enhancing): a model trained on either
+    # runs on the other, and results are reported in the BraTS regions.
+    "msd_brats": LabelConvention(
+        "msd_brats", (0, 2, 1, 3), {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}
+    ),
 }
 
+ConventionSpec = Union[str, LabelConvention, Mapping]
+"""What may name a convention: a registered name, a `LabelConvention`, or its ``to_dict()``."""
 
-def get_label_convention(name: str) -> LabelConvention:
-    """Returns a registered convention by name (``brats``, ``brats2023``, ``chaos``)."""
+
+def get_label_convention(spec: ConventionSpec) -> LabelConvention:
+    """The convention ``spec`` names: a registered name (``brats``, ``brats2023``,
+    ``chaos``, ``msd_brats``), a `LabelConvention` (returned as is) or a
+    `LabelConvention.to_dict` mapping (a dataset-defined convention, as stored in a
+    preprocessing contract). Every consumer resolves conventions through this function.
+
+    >>> get_label_convention({"name": "x", "labels": [0, 5], "regions": {"a": [5]}}).labels
+    (0, 5)
+    """
+    if isinstance(spec, LabelConvention):
+        return spec
+    if isinstance(spec, Mapping):
+        try:
+            conv = LabelConvention.from_dict(spec)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(
+                f"label convention {dict(spec)!r}: expected a mapping with 'name', 'labels' "
+                f"(ints, background first) and 'regions' ({{name: [labels]}}); {exc!r}"
+            ) from None
+        _check_convention(conv)
+        return conv
     try:
-        return LABEL_CONVENTIONS[name]
-    except KeyError:
+        return LABEL_CONVENTIONS[spec]
+    except (KeyError, TypeError):
         raise ValueError(
-            f"Unknown label convention {name!r}; expected one of {sorted(LABEL_CONVENTIONS)}"
+            f"Unknown label convention {spec!r}; expected one of {sorted(LABEL_CONVENTIONS)}, "
+            "a LabelConvention or its to_dict()"
         ) from None
+
+
+def convention_name(spec: ConventionSpec) -> str:
+    """The name of the convention ``spec`` names (for messages and file headers)."""
+    return get_label_convention(spec).name
+
+
+def _check_convention(conv: LabelConvention) -> None:
+    labels = list(conv.labels)
+    if not labels or labels[0] != 0 or len(set(labels)) != len(labels) or min(labels) < 0:
+        raise ValueError(
+            f"label convention {conv.name!r}: labels must be distinct integers >= 0 with "
+            f"background 0 first. Received: labels={labels}"
+        )
+    for region, members in conv.regions.items():
+        unknown = sorted(set(members) - set(labels))
+        if unknown or not members:
+            raise ValueError(
+                f"label convention {conv.name!r}: region {region!r} lists {list(members)}; "
+                f"expected a non-empty subset of the labels {labels}"
+            )

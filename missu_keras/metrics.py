@@ -205,8 +205,6 @@ def binary_metrics(pred, gt, spacing: Sequence[float]) -> Dict[str, float]:
 
 
 def _convention(convention: Union[str, LabelConvention]) -> LabelConvention:
-    if isinstance(convention, LabelConvention):
-        return convention
     return get_label_convention(convention)
 
 

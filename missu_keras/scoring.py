@@ -218,7 +218,7 @@ def score_directories(pred_dir, gt_dir, convention="brats", require_all: bool = 
     have the ground truth's shape and affine (within `AFFINE_TOLERANCE_MM`; not checked
     with ``ignore_affine``).
     """
-    conv = get_label_convention(convention) if isinstance(convention, str) else convention
+    conv = get_label_convention(convention)
     pairs, missing = match_cases(pred_dir, gt_dir, require_all=require_all)
     rows = []
     for i, (case, pred_path, gt_path) in enumerate(pairs, start=1):

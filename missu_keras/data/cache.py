@@ -47,6 +47,7 @@ import numpy as np
 from missu_keras.data.preprocessing import CropBox, PreprocessingConfig, preprocess_case
 from missu_keras.data.validation import SkippedCase
 from missu_keras.files import atomic_path, sha256_file, write_text_atomic
+from missu_keras.labels import get_label_convention
 
 logger = logging.getLogger("missu_keras.data")
 
@@ -225,7 +226,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _process_one(case, cache_dir: Path, config: PreprocessingConfig, sources: dict,
                  max_foreground_samples: int) -> CacheEntry:
-    loaded = case.load(config.label_convention)
+    loaded = case.load(config.convention)
     pre = preprocess_case(loaded, config)
     name = _safe_name(case.case_id)
     image_file, label_file, fg_file = f"{name}_image.npy", None, None
@@ -272,11 +273,11 @@ def _check_cases(cases: Sequence, config: PreprocessingConfig) -> None:
                 f"case {case.case_id!r}: channels expected {list(config.modalities)} (preprocessing config), "
                 f"found {list(channels)}; find the cases with modalities={list(config.modalities)}"
             )
-        convention = getattr(case, "label_convention", config.label_convention)
-        if convention != config.label_convention:
+        convention = get_label_convention(getattr(case, "label_convention", config.convention))
+        if convention != config.convention:
             raise ValueError(
-                f"case {case.case_id!r}: label convention expected {config.label_convention!r} "
-                f"(preprocessing config), found {convention!r} (from its layout)"
+                f"case {case.case_id!r}: label convention expected {config.convention.to_dict()} "
+                f"(preprocessing config), found {convention.to_dict()} (from its layout)"
             )
 
 

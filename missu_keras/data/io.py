@@ -46,11 +46,13 @@ def is_nifti(path) -> bool:
     return str(path).endswith(NIFTI_SUFFIXES)
 
 
-def read_nifti_header(path) -> Tuple[Tuple[int, ...], np.ndarray, object]:
+def read_nifti_header(path, channels: bool = False) -> Tuple[Tuple[int, ...], np.ndarray, object]:
     """Reads only the header: returns ``(shape, affine, image)``; the data stay on disk.
 
     A file that is not a readable NIfTI raises ``ValueError`` naming it. Trailing
-    singleton dimensions are dropped from ``shape``.
+    singleton dimensions are dropped from ``shape``. ``channels=True`` also accepts a
+    4-D image with channels on the last axis (a Decathlon ``imagesTr`` file) and always
+    returns a 4-D ``shape`` ``(H, W, D, C)`` (``C = 1`` for a 3-D file).
     """
     path = Path(path)
     if not path.is_file():
@@ -66,8 +68,11 @@ def read_nifti_header(path) -> Tuple[Tuple[int, ...], np.ndarray, object]:
         ) from exc
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
+    if channels and len(shape) in (3, 4):
+        return (shape + (1,))[:4], affine, img
     if len(shape) != 3:
-        raise ValueError(f"{path}: expected a 3-D volume, found shape {tuple(img.shape)}")
+        expected = "a 3-D volume or a 4-D image with channels last" if channels else "a 3-D volume"
+        raise ValueError(f"{path}: expected {expected}, found shape {tuple(img.shape)}")
     return shape, affine, img
 
 

@@ -35,18 +35,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from missu_keras.config import StrictConfig, int_or_triple
 from missu_keras.data.chaos import chaos_channel_names
-from missu_keras.labels import LABEL_CONVENTIONS, get_label_convention
+from missu_keras.labels import LABEL_CONVENTIONS, LabelConvention, get_label_convention
 
 NORMALIZATIONS = ("zscore_nonzero", "zscore", "none")
 NORMALIZE_EPS = 1e-8  # floor of the standard deviation in the z-scores
-DATASETS = ("brats", "chaos")
+DATASETS = ("brats", "chaos", "msd", "nnunet")
 
 IntOr3 = Union[int, Sequence[int]]
 
@@ -56,10 +56,16 @@ class PreprocessingConfig(StrictConfig):
     """The preprocessing contract, stored with the model so inference matches training.
 
     Args:
-        dataset: ``"brats"`` or ``"chaos"`` (which reader produced the cases).
+        dataset: ``"brats"``, ``"chaos"``, ``"msd"`` or ``"nnunet"`` (which reader
+            produced the cases; `missu_keras.data.datasets`).
         modalities: channel names in order, e.g. ``("flair", "t1ce", "t1", "t2")``
             (BraTS) or ``("in_phase", "out_phase")`` (CHAOS T1DUAL).
-        label_convention: ``"brats"`` (0/1/2/4), ``"brats2023"`` (0/1/2/3) or ``"chaos"``.
+        label_convention: the name of the label convention: a registered one
+            (``"brats"`` 0/1/2/4, ``"brats2023"`` 0/1/2/3, ``"chaos"``, ``"msd_brats"``)
+            or, with ``label_definition``, that definition's name.
+        label_definition: a dataset-defined convention (`missu_keras.labels.LabelConvention`
+            ``to_dict()``, built from an nnU-Net / Decathlon ``dataset.json``), or
+            ``None`` for a registered one. Read through `convention`.
         normalization: ``"zscore_nonzero"`` (per channel over voxels where any channel
             is non-zero, background 0; the paper's BraTS rule), ``"zscore"`` (per
             channel over the whole cropped volume; MR without a zero background) or
@@ -84,6 +90,7 @@ class PreprocessingConfig(StrictConfig):
     dataset: str = "brats"
     modalities: Tuple[str, ...] = ("flair", "t1ce", "t1", "t2")
     label_convention: str = "brats"
+    label_definition: Optional[Dict[str, Any]] = None
     normalization: str = "zscore_nonzero"
     crop_to_nonzero: bool = True
     crop_margin: IntOr3 = 2
@@ -101,10 +108,17 @@ class PreprocessingConfig(StrictConfig):
             raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={self.dataset!r}")
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
             raise ValueError(f"modalities must be distinct and non-empty. Received: modalities={self.modalities}")
-        if self.label_convention not in LABEL_CONVENTIONS:
+        if self.label_definition is not None:
+            defined = get_label_convention(self.label_definition)
+            if defined.name != self.label_convention:
+                raise ValueError(
+                    f"label_convention must be the name of label_definition "
+                    f"({defined.name!r}). Received: label_convention={self.label_convention!r}"
+                )
+        elif self.label_convention not in LABEL_CONVENTIONS:
             raise ValueError(
-                f"label_convention must be one of {sorted(LABEL_CONVENTIONS)}. "
-                f"Received: label_convention={self.label_convention!r}"
+                f"label_convention must be one of {sorted(LABEL_CONVENTIONS)}, or the name of a "
+                f"label_definition. Received: label_convention={self.label_convention!r}"
             )
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(
@@ -125,8 +139,49 @@ class PreprocessingConfig(StrictConfig):
         return len(self.modalities)
 
     @property
+    def convention(self) -> LabelConvention:
+        """The label convention of the contract: the dataset-defined ``label_definition``
+        if any, else the registered ``label_convention``."""
+        return get_label_convention(self.label_definition or self.label_convention)
+
+    @property
     def num_classes(self) -> int:
-        return get_label_convention(self.label_convention).num_classes
+        return self.convention.num_classes
+
+    @classmethod
+    def from_cases(cls, dataset: str, cases: Sequence, **overrides) -> "PreprocessingConfig":
+        """THE contract of a training set: ``dataset`` (`DATASETS`) and its cases' channel
+        names and label convention (the first case's; all must agree).
+
+        BraTS and CHAOS get their paper settings (`brats`, `chaos`); Decathlon and
+        nnU-Net datasets the BraTS-style steps (crop to the non-zero box, z-score over it)
+        with the dataset's channels and labels; a convention no name registers is
+        carried in ``label_definition``. ``overrides`` are further fields (patch_size, ...).
+
+        >>> from missu_keras.labels import LabelConvention
+        >>> class Case:  # anything with channel_names and label_convention
+        ...     channel_names = ("ct",)
+        ...     label_convention = LabelConvention("Dataset009_Spleen", (0, 1), {"spleen": (1,)})
+        >>> cfg = PreprocessingConfig.from_cases("nnunet", [Case()], patch_size=32)
+        >>> cfg.modalities, cfg.label_convention, cfg.num_classes
+        (('ct',), 'Dataset009_Spleen', 2)
+        """
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}. Received: dataset={dataset!r}")
+        if not cases:
+            raise ValueError(f"no {dataset} cases to take the channels and labels from")
+        conv, channels = get_label_convention(cases[0].label_convention), tuple(cases[0].channel_names)
+        for case in cases:
+            if tuple(case.channel_names) != channels or get_label_convention(case.label_convention) != conv:
+                raise ValueError(f"case {case.case_id!r}: channels {list(case.channel_names)} / labels "
+                                 f"differ from the first case's ({list(channels)}, {conv.name})")
+        if dataset == "chaos":
+            return cls.chaos(sequence="T2SPIR" if len(channels) == 1 else "T1DUAL", **overrides)
+        registered = LABEL_CONVENTIONS.get(conv.name) == conv
+        kwargs = dict(dataset=dataset, modalities=channels, label_convention=conv.name,
+                      label_definition=None if registered else conv.to_dict())
+        kwargs.update(overrides)
+        return cls(**kwargs)
 
     @classmethod
     def brats(cls, label_convention: str = "brats", **overrides) -> "PreprocessingConfig":
@@ -423,12 +478,11 @@ def preprocess_case(loaded, config: PreprocessingConfig) -> PreprocessedCase:
     image = image.numpy()
     classes = None
     if loaded.labels is not None:
-        conv = get_label_convention(config.label_convention)
-        classes = conv.to_classes(crop(loaded.labels, box), source=f"case {loaded.case_id!r} labels")
+        classes = config.convention.to_classes(crop(loaded.labels, box), source=f"case {loaded.case_id!r} labels")
     return PreprocessedCase(loaded.case_id, image, classes, box, np.asarray(loaded.affine), tuple(loaded.spacing))
 
 
-def restore_labels(classes: np.ndarray, box: CropBox, label_convention: str) -> np.ndarray:
+def restore_labels(classes: np.ndarray, box: CropBox, label_convention) -> np.ndarray:
     """Training classes on the cropped (possibly padded) grid -> dataset labels on the original grid.
 
     ``classes (h', w', d')`` with ``h' >= h`` etc. (padding from `pad_to_multiple` is

@@ -1,4 +1,6 @@
-"""Synthetic BraTS (NIfTI) and CHAOS (DICOM + PNG) cases written in the real layouts.
+"""Synthetic BraTS (NIfTI) and CHAOS (DICOM + PNG) cases written in the real layouts,
+and the BraTS cases also as a Decathlon task (`write_synthetic_msd`) and an nnU-Net raw
+dataset (`write_synthetic_nnunet`).
 
 The files go through exactly the same readers as real data, so the demo, the tests
 and the notebooks exercise the real code paths. Everything is deterministic for a
@@ -35,6 +37,9 @@ import numpy as np
 
 from missu_keras.data import io
 from missu_keras.data.brats import BRATS_LAYOUTS, BRATS_MODALITIES, MODALITY_2023_NAMES
+from missu_keras.data.msd import MSD_BRATS_LABELS
+from missu_keras.files import write_json_atomic
+from missu_keras.labels import get_label_convention
 
 FULL_BRATS_SHAPE = (240, 240, 155)
 CHAOS_GREY = {"liver": 63, "right_kidney": 126, "left_kidney": 189, "spleen": 252}
@@ -234,6 +239,99 @@ def write_synthetic_brats(
             write_nifti(case_dir / f"{case_id}{sep}seg{extension}", vols["seg"], affine)
         dirs.append(case_dir)
     return dirs
+
+
+# ------------------------------------------------------- Decathlon and nnU-Net raw
+
+MSD_MODALITY_NAMES = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
+"""Task01_BrainTumour's ``modality`` entry (file channel order)."""
+_MSD_FILE_ORDER = ("flair", "t1", "t1ce", "t2")
+NNUNET_CHANNEL_NAMES = {"0": "FLAIR", "1": "T1ce", "2": "T1", "3": "T2"}
+
+
+def _split_cases(seed: int, num_cases: int, num_test: int):
+    """``(case_rng, is_test, index)`` per case: training cases first, then test cases."""
+    if int(num_cases) < 1 or int(num_test) < 0:
+        raise ValueError(f"num_cases must be >= 1 and num_test >= 0. Received: "
+                         f"num_cases={num_cases!r}, num_test={num_test!r}")
+    children = np.random.SeedSequence(int(seed)).spawn(int(num_cases) + int(num_test))
+    for i, child in enumerate(children):
+        test = i >= int(num_cases)
+        yield np.random.default_rng(child), test, i - int(num_cases) if test else i
+
+
+def _brats_seg_as(seg: np.ndarray, convention: str) -> np.ndarray:
+    """A 0/1/2/4 BraTS segmentation in another convention with the same classes."""
+    return get_label_convention(convention).to_labels(get_label_convention("brats").to_classes(seg))
+
+
+def write_synthetic_msd(out_dir, num_cases: int = 4, seed: int = 0,
+                        shape: Sequence[int] = FULL_BRATS_SHAPE, num_test: int = 0) -> Path:
+    """Writes synthetic BraTS cases as a Decathlon Task01_BrainTumour folder; returns it.
+
+    ``out_dir/dataset.json`` (Task01's ``modality`` and ``labels``), ``imagesTr/`` 4-D
+    NIfTI with channels FLAIR, T1w, t1gd, T2w on the last axis, ``labelsTr/`` (1 edema,
+    2 non-enhancing tumour, 3 enhancing), ``imagesTs/`` (``num_test`` cases). Case ``i``
+    is the same tumour as `write_synthetic_brats` case ``i`` of the same seed and shape
+    (ids ``BRATS_SYNTH_000``, ...; test ids ``BRATS_SYNTH_TEST_000``, ...).
+    """
+    out = Path(out_dir)
+    affine, training, test = brats_affine(shape), [], []
+    for rng, is_test, i in _split_cases(seed, num_cases, num_test):
+        vols = synthetic_brats_volumes(shape, rng)
+        case_id = f"BRATS_{SYNTHETIC_MARK}_{'TEST_' if is_test else ''}{i:03d}"
+        image = np.stack([vols["images"][m] for m in _MSD_FILE_ORDER], axis=-1)
+        folder = "imagesTs" if is_test else "imagesTr"
+        write_nifti(out / folder / f"{case_id}.nii.gz", image, affine)
+        if is_test:
+            test.append(f"./imagesTs/{case_id}.nii.gz")
+            continue
+        write_nifti(out / "labelsTr" / f"{case_id}.nii.gz", _brats_seg_as(vols["seg"], "msd_brats"), affine)
+        training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
+    write_json_atomic(out / "dataset.json", {
+        "name": "BRATS", "description": "missu-keras synthetic brain tumours (Task01_BrainTumour layout)",
+        "tensorImageSize": "4D", "modality": MSD_MODALITY_NAMES,
+        "labels": {str(k): v for k, v in MSD_BRATS_LABELS.items()},
+        "numTraining": len(training), "numTest": len(test), "training": training, "test": test,
+    })
+    return out
+
+
+def write_synthetic_nnunet(out_dir, num_cases: int = 4, seed: int = 0,
+                           shape: Sequence[int] = FULL_BRATS_SHAPE, num_test: int = 0,
+                           regions: bool = False) -> Path:
+    """Writes synthetic BraTS cases as an nnU-Net v2 raw dataset; returns its folder.
+
+    ``out_dir/dataset.json``, ``imagesTr/<case>_000{0,1,2,3}.nii.gz`` (FLAIR, T1ce, T1,
+    T2), ``labelsTr/<case>.nii.gz`` with consecutive labels (1 necrotic core, 2 edema,
+    3 enhancing: nnU-Net wants no gaps), ``imagesTs/`` (``num_test`` cases). The labels
+    are declared per class, or with ``regions=True`` region-based as nnU-Net's BraTS
+    example (``"whole tumor": [1, 2, 3]``, ``"tumor core": [1, 3]``, ``"enhancing
+    tumor": 3``, with ``regions_class_order``). Name the folder ``DatasetXXX_Name`` as
+    nnU-Net does: its name is the label convention's. Same tumours as
+    `write_synthetic_brats` for the same seed and shape.
+    """
+    out = Path(out_dir)
+    affine, n_train = brats_affine(shape), 0
+    for rng, is_test, i in _split_cases(seed, num_cases, num_test):
+        vols = synthetic_brats_volumes(shape, rng)
+        case_id = f"BRATS_{SYNTHETIC_MARK}_{'TEST_' if is_test else ''}{i:03d}"
+        folder = out / ("imagesTs" if is_test else "imagesTr")
+        for c, modality in enumerate(BRATS_MODALITIES):
+            write_nifti(folder / f"{case_id}_{c:04d}.nii.gz", vols["images"][modality], affine)
+        if not is_test:
+            write_nifti(out / "labelsTr" / f"{case_id}.nii.gz", _brats_seg_as(vols["seg"], "brats2023"), affine)
+            n_train += 1
+    if regions:
+        labels = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [1, 3], "enhancing tumor": 3}
+    else:
+        labels = {"background": 0, "necrotic core": 1, "edema": 2, "enhancing tumor": 3}
+    spec = {"channel_names": NNUNET_CHANNEL_NAMES, "labels": labels, "numTraining": n_train,
+            "file_ending": ".nii.gz", "name": "missu-keras synthetic brain tumours"}
+    if regions:
+        spec["regions_class_order"] = [2, 1, 3]  # region i is painted with this label
+    write_json_atomic(out / "dataset.json", spec)
+    return out
 
 
 # ----------------------------------------------------------------------------- CHAOS
@@ -461,4 +559,6 @@ __all__ = [
     "write_nifti",
     "write_synthetic_brats",
     "write_synthetic_chaos",
+    "write_synthetic_msd",
+    "write_synthetic_nnunet",
 ]

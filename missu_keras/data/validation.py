@@ -31,13 +31,13 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from missu_keras.data.io import (check_finite, read_nifti, read_nifti_data,  # noqa: F401 (public here too)
                                  read_nifti_header)
-from missu_keras.labels import get_label_convention
+from missu_keras.labels import LabelConvention, get_label_convention
 
 logger = logging.getLogger("missu_keras.data")
 
@@ -55,7 +55,8 @@ class LoadedCase:
         affine: ``(4, 4)`` voxel-to-world matrix of the first channel.
         spacing: ``(3,)`` voxel size in mm.
         channel_names: e.g. ``("flair", "t1ce", "t1", "t2")``.
-        label_convention: name of the convention ``labels`` are written in.
+        label_convention: the convention ``labels`` are written in: a registered name, or
+            a `missu_keras.labels.LabelConvention` (dataset-defined, e.g. nnU-Net).
         source_files: the files the case was read from.
     """
 
@@ -65,7 +66,7 @@ class LoadedCase:
     affine: np.ndarray
     spacing: Tuple[float, float, float]
     channel_names: Tuple[str, ...]
-    label_convention: str
+    label_convention: Union[str, LabelConvention]
     source_files: Tuple[Path, ...] = ()
 
 
@@ -99,7 +100,7 @@ def check_same_geometry(
             )
 
 
-def check_labels(labels: np.ndarray, label_convention: str, source) -> np.ndarray:
+def check_labels(labels: np.ndarray, label_convention, source) -> np.ndarray:
     """Checks the labels are in the convention's set; returns them as uint8 labels."""
     labels = np.asarray(labels)
     check_finite(labels, source)
@@ -153,34 +154,72 @@ def load_brats_case(case, label_convention: Optional[str] = None, atol: float = 
                 f"{p}: modality {m!r} of case {case.case_id!r} not found: expected this file "
                 f"(or .nii), found {present}"
             )
-    paths = list(case.image_paths.values())
-    headers = [read_nifti_header(p) for p in paths]
-    seg_header = read_nifti_header(case.seg_path) if case.seg_path is not None else None
-    ref_path, (ref_shape, ref_affine, _) = paths[0], headers[0]
-    for p, (shape, affine, _) in zip(paths[1:], headers[1:]):
-        check_same_geometry(ref_path, ref_shape, ref_affine, p, shape, affine, atol)
-    if seg_header is not None:
-        check_same_geometry(ref_path, ref_shape, ref_affine, case.seg_path, seg_header[0], seg_header[1], atol)
+    channels = [(m, Path(p), None) for m, p in case.image_paths.items()]
+    return load_nifti_case(case.case_id, channels, case.seg_path, convention, atol)
 
-    image = np.empty(ref_shape + (len(paths),), dtype=np.float32)
-    for c, (p, (shape, _, img)) in enumerate(zip(paths, headers)):
-        channel = read_nifti_data(Path(p), img, shape, np.float32)
-        check_finite(channel, p)  # on the contiguous array: faster than on the strided channel
-        image[..., c] = channel
+
+def _check_channel_index(path, shape, index: int, name: str) -> None:
+    if index >= shape[3]:
+        raise ValueError(
+            f"{path}: channel {name!r} is index {index} on the last axis, but the image has "
+            f"{shape[3]} channel(s) (shape {tuple(shape)}); expected at least {index + 1}"
+        )
+
+
+def load_nifti_case(case_id: str, channels: Sequence[Tuple[str, Path, Optional[int]]],
+                    seg_path, label_convention, atol: float = AFFINE_ATOL) -> LoadedCase:
+    """Reads and checks a NIfTI case (BraTS, Decathlon, nnU-Net: one implementation).
+
+    Args:
+        case_id: the case name.
+        channels: ``(name, path, index)`` per channel in order: ``index`` is the channel
+            on the last axis of a 4-D file (Decathlon), ``None`` for a 3-D file.
+        seg_path: the label file or ``None``.
+        label_convention: what `missu_keras.labels.get_label_convention` takes.
+        atol: tolerance of the affine comparison between the files.
+
+    Returns:
+        A `LoadedCase`; every error names the file (see the module docstring).
+    """
+    get_label_convention(label_convention)  # an unknown convention fails before any file is read
+    headers = {}
+    for name, path, index in channels:
+        if path not in headers:
+            headers[path] = read_nifti_header(path, channels=index is not None)
+        if index is not None:
+            _check_channel_index(path, headers[path][0], index, name)
+    ref_path = channels[0][1]
+    ref_shape, ref_affine = tuple(headers[ref_path][0][:3]), headers[ref_path][1]
+    for path, (shape, affine, _) in headers.items():
+        check_same_geometry(ref_path, ref_shape, ref_affine, path, shape[:3], affine, atol)
+    seg_header = read_nifti_header(seg_path) if seg_path is not None else None
+    if seg_header is not None:
+        check_same_geometry(ref_path, ref_shape, ref_affine, seg_path, seg_header[0], seg_header[1], atol)
+
+    image = np.empty(ref_shape + (len(channels),), dtype=np.float32)
+    data = {}
+    for c, (name, path, index) in enumerate(channels):
+        if path not in data:
+            shape, _, img = headers[path]
+            data[path] = read_nifti_data(Path(path), img, shape, np.float32)
+            check_finite(data[path], path)  # on the contiguous array: faster than on a strided channel
+        image[..., c] = data[path] if index is None else data[path][..., index]
+    del data
     labels = None
     if seg_header is not None:
-        raw = read_nifti_data(Path(case.seg_path), seg_header[2], seg_header[0], None)
-        labels = check_labels(np.asarray(raw), convention, case.seg_path)
-    check_brain_mask(image, f"case {case.case_id!r} ({', '.join(str(p) for p in paths)})")
+        raw = read_nifti_data(Path(seg_path), seg_header[2], seg_header[0], None)
+        labels = check_labels(np.asarray(raw), label_convention, seg_path)
+    files = list(dict.fromkeys(Path(p) for _, p, _ in channels))
+    check_brain_mask(image, f"case {case_id!r} ({', '.join(str(p) for p in files)})")
     return LoadedCase(
-        case_id=case.case_id,
+        case_id=case_id,
         image=image,
         labels=labels,
         affine=ref_affine,
         spacing=spacing_from_affine(ref_affine),
-        channel_names=tuple(case.image_paths),
-        label_convention=convention,
-        source_files=tuple(Path(p) for p in case.source_files()),
+        channel_names=tuple(name for name, _, _ in channels),
+        label_convention=label_convention,
+        source_files=tuple(files + ([Path(seg_path)] if seg_path is not None else [])),
     )
 
 

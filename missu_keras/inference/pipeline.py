@@ -55,7 +55,7 @@ def as_preprocessing_config(value, what: str = "preprocessing") -> Preprocessing
                      f"{type(value).__name__}")
 
 
-def labels_from_probabilities(probabilities, label_convention: str):
+def labels_from_probabilities(probabilities, label_convention):
     """Dataset labels, int32 ``(...)``, of the argmax of ``probabilities (..., K)``
     (BraTS class 3 -> label 4; `missu_keras.labels`)."""
     values = tf.constant(get_label_convention(label_convention).labels, tf.int32)
@@ -63,7 +63,7 @@ def labels_from_probabilities(probabilities, label_convention: str):
 
 
 @tf.autograph.experimental.do_not_convert
-def segment_patches(image, predictor: Callable, label_convention: str, what: str = "image"):
+def segment_patches(image, predictor: Callable, label_convention, what: str = "image"):
     """Preprocessed patches ``image (b, *patch, C)`` -> ``{"probabilities": float32
     (b, *patch, K), "labels": int32 (b, *patch)}`` (NaN / Inf refused, named ``what``)."""
     image = ensure_finite(tf.cast(image, tf.float32), what)
@@ -100,7 +100,7 @@ def segment_volume(volume, predictor: Callable, preprocessing,
     prep = as_preprocessing_config(preprocessing)
     image, start, stop = prepare_volume(volume, prep, pad_to_multiple, what)
     probs = inferer.sliding_window(predictor, image, num_classes)
-    return finish_volume(probs, start, stop, tf.shape(volume)[:3], prep.label_convention,
+    return finish_volume(probs, start, stop, tf.shape(volume)[:3], prep.convention,
                          return_probabilities)
 
 
@@ -121,7 +121,7 @@ def prepare_volume(volume, preprocessing, pad_to_multiple: bool = False, what: s
 
 
 @tf.autograph.experimental.do_not_convert
-def finish_volume(probs, start, stop, full_shape, label_convention: str,
+def finish_volume(probs, start, stop, full_shape, label_convention,
                   return_probabilities: bool = False):
     """Last part of `segment_volume`: probabilities ``(h', w', d', K)`` on the (possibly
     end-padded) crop -> ``{"labels": int32 (H, W, D)[, "probabilities": float32

@@ -144,7 +144,7 @@ class Segmenter:
                 autograph=False)
             finish = tf.function(
                 lambda probs, start, stop, full_shape: finish_volume(
-                    probs, start, stop, full_shape, prep.label_convention, return_probabilities),
+                    probs, start, stop, full_shape, prep.convention, return_probabilities),
                 input_signature=[tf.TensorSpec([None, None, None, prep.num_classes], tf.float32),
                                  *[tf.TensorSpec([3], tf.int32)] * 3],
                 autograph=False)

@@ -36,7 +36,7 @@ def case_dice(pred_classes: np.ndarray, gt_classes: np.ndarray, region_classes: 
             for region, classes in region_classes.items()}
 
 
-def region_classes(label_convention: str) -> Dict[str, tuple]:
+def region_classes(label_convention) -> Dict[str, tuple]:
     """Regions as training-class indices (BraTS: WT = (1, 2, 3), ET = (3,))."""
     conv = get_label_convention(label_convention)
     return {r: tuple(conv.labels.index(v) for v in labels) for r, labels in conv.regions.items()}
@@ -75,7 +75,7 @@ class SlidingWindowValidation(keras.callbacks.Callback):
     TensorBoard under ``validation/overlay``.
     """
 
-    def __init__(self, cache, case_ids: Sequence[str], roi_size, label_convention: str,
+    def __init__(self, cache, case_ids: Sequence[str], roi_size, label_convention,
                  every: int = 1, overlap: float = 0.5, image_every: int = 0,
                  log_dir: Optional[str] = None, best_path: Optional[str] = None,
                  sw_batch_size: int = 1):

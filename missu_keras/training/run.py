@@ -171,7 +171,7 @@ def _build_model(config: TrainConfig, overrides: dict, data: _Data, precision: s
             model = MISSU.from_preset(config.preset, preprocessing=data.preprocessing, **overrides)
             model.compile(
                 optimizer=paper_optimizer(config.epochs * data.steps, learning_rate=config.learning_rate),
-                metrics=region_dice_metrics(data.preprocessing.label_convention),
+                metrics=region_dice_metrics(data.preprocessing.convention),
             )
     finally:
         keras.config.set_dtype_policy(previous_policy)
@@ -267,7 +267,7 @@ def _callbacks(config: TrainConfig, data: _Data, folders: _Folders, backup, extr
     cbs: List[keras.callbacks.Callback] = []
     if data.val_ids:
         cbs.append(SlidingWindowValidation(
-            data.cache, data.val_ids, data.patch, data.preprocessing.label_convention,
+            data.cache, data.val_ids, data.patch, data.preprocessing.convention,
             every=config.validation_every, overlap=config.overlap, image_every=config.image_every,
             log_dir=str(folders.tensorboard)))
     else:

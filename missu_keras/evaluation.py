@@ -14,6 +14,7 @@ import numpy as np
 
 from missu_keras.data.io import write_nifti
 from missu_keras.files import output_folder, prepare_output_dir, refuse_existing, write_json_atomic
+from missu_keras.labels import convert_labels
 from missu_keras.metrics import CONVENTION, format_summary_table, score_case, summarize, write_scores
 from missu_keras.prediction import (find_cases, load_segmenter, reference_geometry,
                                     warn_empty_modalities)
@@ -27,11 +28,13 @@ def evaluate(model, data, out, weights="published", layout: str = "auto",
 
     Args:
         model, weights: see `missu_keras.prediction.load_segmenter`.
-        data: a folder of cases (BraTS layouts or CHAOS).
+        data: a folder of cases (any layout of `missu_keras.data.datasets`); a ground
+            truth in another convention with the same classes (Decathlon Task01 for a
+            BraTS model) is scored in the model's convention and regions.
         out: output folder for ``cases.csv``, ``summary.json``, ``convention.txt`` (and
             ``predictions/<case>.nii.gz`` with ``save_predictions``); created and checked
             for writability before anything else, every file written atomically.
-        layout: BraTS layout (``"auto"``, ``"2019"`` ... ``"2023"``) or ``"chaos"``.
+        layout: one of `missu_keras.data.datasets.LAYOUTS` (default ``"auto"``).
         case_ids: only these cases (default: every case with a segmentation).
         skip_invalid: leave out cases that fail validation (listed in the log and in
             ``summary.json`` under ``"skipped"``) instead of stopping.
@@ -70,12 +73,16 @@ def _prediction_path(out: Path, case) -> Path:
 
 def _score_cases(segmenter, cases, out: Path, save_predictions: bool, skip_invalid: bool, log):
     """Segments and scores each case: ``(rows, skipped)``."""
-    conv = segmenter.preprocessing.label_convention
+    conv = segmenter.preprocessing.convention
     rows, skipped = [], []
     t0 = time.time()
     for i, case in enumerate(cases):
         try:
-            loaded = case.load(conv)
+            loaded = case.load()
+            # scored in the model's convention (BraTS regions for a BraTS model on
+            # Decathlon Task01 data): the ground truth is rewritten class by class
+            loaded.labels = convert_labels(loaded.labels, loaded.label_convention, conv,
+                                           what=f"case {case.case_id!r} ground truth")
         except (ValueError, OSError) as err:
             if not skip_invalid:
                 raise

@@ -166,6 +166,28 @@ def get_label_convention(spec: ConventionSpec) -> LabelConvention:
         ) from None
 
 
+def convert_labels(labels: np.ndarray, source: ConventionSpec, target: ConventionSpec,
+                   what: str = "labels") -> np.ndarray:
+    """Labels written in ``source`` rewritten in ``target``, class by class (class ``i``
+    of one is class ``i`` of the other): e.g. a Decathlon Task01 ground truth in the
+    BraTS labels of a BraTS-trained model. ``ValueError`` naming ``what`` when the two
+    conventions have different numbers of classes.
+
+    >>> convert_labels(np.array([0, 1, 2, 3]), "msd_brats", "brats").tolist()
+    [0, 2, 1, 4]
+    """
+    src, dst = get_label_convention(source), get_label_convention(target)
+    if src == dst:
+        return np.asarray(labels)
+    if src.num_classes != dst.num_classes:
+        raise ValueError(
+            f"{what}: written in the {src.name!r} convention ({src.num_classes} classes "
+            f"{list(src.labels)}), which cannot be mapped to {dst.name!r} ({dst.num_classes} "
+            f"classes {list(dst.labels)}); expected data labelled like the model's training set"
+        )
+    return dst.to_labels(src.to_classes(labels, source=what))
+
+
 def convention_name(spec: ConventionSpec) -> str:
     """The name of the convention ``spec`` names (for messages and file headers)."""
     return get_label_convention(spec).name

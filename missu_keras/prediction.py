@@ -35,9 +35,11 @@ from typing import Dict, List, Optional, Sequence, Union
 import keras
 import numpy as np
 
-from missu_keras.data.brats import BratsCase, canonical_modality, find_brats_cases
-from missu_keras.data.chaos import find_chaos_cases
+from missu_keras.data.brats import BratsCase, canonical_modality
+from missu_keras.data.datasets import find_cases as find_dataset_cases
 from missu_keras.data.io import read_nifti_header, strip_nifti_suffix, write_nifti
+from missu_keras.data.msd import MsdCase, channel_name, channel_order
+from missu_keras.data.nnunet import CHANNEL_SUFFIX, NnunetCase
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.files import output_folder, refuse_existing
 # The one inference implementation; re-exported here, where users have always found it.
@@ -199,12 +201,62 @@ def match_modalities(files: Sequence[Union[str, os.PathLike]], wanted: Sequence[
     return {m: by_mod[m] for m in wanted}
 
 
+def _channel_indices(files: Sequence[Path]) -> Optional[Dict[str, List]]:
+    """``{case: [index per file]}`` when every file is named nnU-Net style
+    (``CASE_0000.nii.gz``, ...), else ``None``."""
+    found = [CHANNEL_SUFFIX.match(strip_nifti_suffix(f.name)) for f in files]
+    if not all(found):
+        return None
+    return {m.group("case"): [int(m.group("channel")) for m in found] for m in found[:1]} \
+        if len({m.group("case") for m in found}) == 1 else None
+
+
+def _nnunet_case(files: Sequence[Path], preprocessing: PreprocessingConfig, given):
+    """One nnU-Net-named case (``CASE_XXXX``): channel ``XXXX`` is the contract's channel
+    ``XXXX``, unless ``given`` names each file's channel."""
+    (case_id, indices), = _channel_indices(files).items()
+    wanted = list(preprocessing.modalities)
+    if given:
+        paths = match_modalities(files, wanted, given)
+    else:
+        bad = [str(f) for f, i in zip(files, indices) if i >= len(wanted)]
+        if bad or len(set(indices)) != len(indices):
+            raise ValueError(f"{bad or [str(f) for f in files]}: expected one file per channel "
+                             f"index 0..{len(wanted) - 1} (the model's channels {wanted})")
+        paths = {wanted[i]: files[indices.index(i)] for i in range(len(wanted))}
+    return NnunetCase(case_id, paths, None, preprocessing.convention)
+
+
+def _channels_last_case(file: Path, preprocessing: PreprocessingConfig, given):
+    """One 4-D NIfTI (Decathlon: channels on the last axis) as a case; ``given`` names
+    its channels in file order (needed when the model takes more than one)."""
+    wanted = list(preprocessing.modalities)
+    shape = read_nifti_header(file, channels=True)[0]
+    if given is None and len(wanted) > 1:
+        raise ValueError(f"{file}: one 4-D file for a model of {len(wanted)} channels {wanted}: "
+                         "give its channels in file order with --modalities (modalities=...), "
+                         "e.g. --modalities FLAIR,T1w,t1gd,T2w")
+    names = [channel_name(m) for m in (given.split(",") if isinstance(given, str) else given or wanted)]
+    if len(names) != shape[3]:
+        raise ValueError(f"{file}: {shape[3]} channel(s) on the last axis, but --modalities "
+                         f"lists {len(names)}: {names}")
+    order = channel_order(file, names, wanted)
+    return MsdCase(strip_nifti_suffix(file.name), file, None, tuple(wanted), order,
+                   preprocessing.convention)
+
+
 def cases_from_files(files: Sequence[Union[str, os.PathLike]], preprocessing: PreprocessingConfig,
                      modalities: Optional[Sequence[str]] = None):
-    """One BraTS-style case from its NIfTI files, matched to the model's modalities by
-    their names or by ``modalities`` (`match_modalities`)."""
+    """One case from its NIfTI files: files named by BraTS modality (``_flair``, ...,
+    `match_modalities`), nnU-Net files ``CASE_0000.nii.gz``, ... (channel ``XXXX`` is
+    the model's channel ``XXXX``), or one 4-D Decathlon file (channels last, named in
+    file order by ``modalities``); ``modalities`` otherwise names each file's channel."""
     files = [Path(f) for f in files]
     wanted = list(preprocessing.modalities)
+    if len(files) == 1 and files[0].is_file() and read_nifti_header(files[0], channels=True)[0][3] > 1:
+        return [_channels_last_case(files[0], preprocessing, modalities)]
+    if len(files) == preprocessing.num_channels and _channel_indices(files) is not None:
+        return [_nnunet_case(files, preprocessing, modalities)]
     if len(files) != preprocessing.num_channels:
         raise ValueError(
             f"expected {preprocessing.num_channels} NIfTI files, one per modality "
@@ -235,10 +287,12 @@ def find_cases(inputs: Sequence[Union[str, os.PathLike]], preprocessing: Preproc
     root = inputs[0]
     if not root.exists():
         raise FileNotFoundError(f"{root}: input not found")
-    if preprocessing.dataset == "chaos" or layout == "chaos":
-        sequence = "T1DUAL" if preprocessing.num_channels == 2 else "T2SPIR"
-        return find_chaos_cases(root, sequence=sequence)
-    return find_brats_cases(root, layout=layout, modalities=preprocessing.modalities)
+    if preprocessing.dataset == "chaos":
+        layout = "chaos"
+    sequence = "T1DUAL" if preprocessing.num_channels == 2 else "T2SPIR"
+    # "all": a Decathlon / nnU-Net dataset folder gives its training and test cases
+    return find_dataset_cases(root, layout=layout, modalities=preprocessing.modalities,
+                              sequence=sequence, subset="all")
 
 
 def load_images_only(case):

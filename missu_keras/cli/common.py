@@ -6,6 +6,7 @@ import logging
 import os
 
 from missu_keras.config import parse_set_options  # light: no TensorFlow
+from missu_keras.data.datasets import LAYOUTS  # light: no TensorFlow
 
 # Errors a user can cause (bad flags, settings or files, a missing extra, an unreachable
 # server, a full or read-only disk: OSError covers the last three): one line, exit 2.
@@ -59,8 +60,9 @@ def add_inference_arguments(parser) -> None:
     parser.add_argument("--weights", default="published",
                         help="weights for a preset name: 'published' (default), 'none' (random), or a "
                              "file (see load_pretrained)")
-    parser.add_argument("--layout", default="auto",
-                        help="BraTS layout (auto, 2019, 2020, 2021, 2023) or chaos")
+    parser.add_argument("--layout", default="auto", choices=LAYOUTS,
+                        help="dataset layout: auto (detected), a BraTS layout (2019, 2020, 2021, "
+                             "2023), chaos, msd (Decathlon) or nnunet (nnU-Net raw)")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     parser.add_argument("--tta", action="store_true", help="average the 8 flips (8x the compute)")
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32")

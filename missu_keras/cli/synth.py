@@ -1,6 +1,8 @@
 """``missu-keras synth``: write synthetic BraTS (NIfTI) or CHAOS (DICOM + PNG) cases.
 
 ``missu-keras synth brats OUT --cases N --seed S [--shape H W D] [--layout 2019|2020|2021|2023] [--nii] [--no-seg]``
+``missu-keras synth brats OUT --layout msd|nnunet [--test-cases N] [--regions]`` (the same
+brain tumours as a Decathlon Task01 folder or an nnU-Net raw dataset, written into OUT)
 ``missu-keras synth chaos OUT --cases N --seed S [--shape H W D] [--no-t2spir]``
 
 OUT must be empty or new (``--overwrite`` writes into a non-empty folder, replacing files
@@ -16,6 +18,8 @@ from pathlib import Path
 
 from missu_keras.data.brats import BRATS_LAYOUTS  # light: no TensorFlow
 from missu_keras.files import prepare_output_dir
+
+DATASET_LAYOUTS = ("msd", "nnunet")
 
 
 def _positive(text: str) -> int:
@@ -36,8 +40,14 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     p.add_argument("--shape", type=_positive, nargs=3, metavar=("H", "W", "D"),
                    help="volume size (default the full 240 240 155)")
-    p.add_argument("--layout", choices=BRATS_LAYOUTS, default="2021",
-                   help="file layout (default 2021; 2023 uses t2f/t1c/t1n/t2w and ET label 3)")
+    p.add_argument("--layout", choices=BRATS_LAYOUTS + DATASET_LAYOUTS, default="2021",
+                   help="file layout (default 2021; 2023 uses t2f/t1c/t1n/t2w and ET label 3; msd: "
+                        "a Decathlon Task01_BrainTumour folder; nnunet: an nnU-Net raw dataset, "
+                        "best named DatasetXXX_Name)")
+    p.add_argument("--test-cases", type=int, default=0,
+                   help="msd / nnunet: also write this many unlabelled cases to imagesTs (default 0)")
+    p.add_argument("--regions", action="store_true",
+                   help="nnunet: declare the labels region-based (whole tumor, tumor core, enhancing tumor)")
     p.add_argument("--nii", action="store_true", help="write uncompressed .nii instead of .nii.gz")
     p.add_argument("--no-seg", action="store_true", help="omit the seg files (prediction-only cases)")
     p.add_argument("--overwrite", action="store_true",
@@ -76,12 +86,39 @@ def run_brats(args) -> int:
 
     check_empty_output(args.out, args.overwrite)
     shape = tuple(args.shape) if args.shape else (240, 240, 155)
+    if args.layout in DATASET_LAYOUTS:
+        return _run_dataset(args, shape)
+    if args.test_cases or args.regions:
+        raise ValueError("--test-cases and --regions are for --layout msd or nnunet; "
+                         f"received --layout {args.layout}")
     dirs = write_synthetic_brats(
         args.out, num_cases=args.cases, seed=args.seed, shape=shape, layout=args.layout,
         extension=".nii" if args.nii else ".nii.gz", with_seg=not args.no_seg,
     )
     print(f"wrote {len(dirs)} synthetic BraTS {args.layout} case(s) of shape "
           f"{'x'.join(map(str, shape))} to {args.out}")
+    return 0
+
+
+def _run_dataset(args, shape) -> int:
+    from missu_keras.data.synthetic import (write_synthetic_msd,  # NumPy + nibabel, at run time
+                                            write_synthetic_nnunet)
+
+    if args.regions and args.layout != "nnunet":
+        raise ValueError(f"--regions is for --layout nnunet; received --layout {args.layout}")
+    if args.test_cases < 0:
+        raise ValueError(f"--test-cases must be >= 0; received {args.test_cases}")
+    if args.nii or args.no_seg:
+        raise ValueError(f"--nii and --no-seg are for the BraTS layouts; --layout {args.layout} "
+                         "writes .nii.gz, with labels for imagesTr (use --test-cases for unlabelled ones)")
+    kwargs = dict(num_cases=args.cases, seed=args.seed, shape=shape, num_test=args.test_cases)
+    if args.layout == "msd":
+        root = write_synthetic_msd(args.out, **kwargs)
+    else:
+        root = write_synthetic_nnunet(args.out, regions=args.regions, **kwargs)
+    print(f"wrote {args.cases} training and {args.test_cases} test case(s) of shape "
+          f"{'x'.join(map(str, shape))} as a{'n nnU-Net' if args.layout == 'nnunet' else ' Decathlon'} "
+          f"dataset to {root}")
     return 0
 
 

@@ -150,6 +150,15 @@ def _mr_root(root: Path) -> Path:
     )
 
 
+def is_chaos_root(root) -> bool:
+    """Whether ``root`` (or its ``Train_Sets[/MR]``) holds CHAOS MR case folders."""
+    try:
+        _mr_root(Path(root))
+    except (FileNotFoundError, OSError):
+        return False
+    return True
+
+
 def find_chaos_cases(root, sequence: str = "T1DUAL", organ: str = "liver") -> List[ChaosCase]:
     """Lists the CHAOS MR cases under ``root``, sorted by case number.
 

@@ -8,10 +8,10 @@ import dataclasses
 from typing import Any, Dict, List, Optional, Union
 
 from missu_keras.config import StrictConfig, read_settings_file
+from missu_keras.data.datasets import LAYOUTS
 from missu_keras.presets import list_presets
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
-LAYOUTS = ("auto", "2019", "2020", "2021", "2023", "chaos")
 # Settings that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("verbose", "workers", "save_preset")
 
@@ -21,10 +21,12 @@ class TrainConfig(StrictConfig):
     """Everything a training run needs; the names are the ``missu-keras train`` flags.
 
     Args:
-        data: folder of labelled cases (BraTS layouts or CHAOS).
+        data: folder of labelled cases (BraTS layouts, CHAOS, a Decathlon task or an
+            nnU-Net raw dataset).
         out: output folder (see the module docstring).
         preset: model preset (`missu_keras.list_presets`).
-        layout: BraTS layout (``"auto"``, ``"2019"`` ... ``"2023"``) or ``"chaos"``.
+        layout: ``"auto"`` (detected), a BraTS layout (``"2019"`` ... ``"2023"``),
+            ``"chaos"``, ``"msd"`` or ``"nnunet"`` (`missu_keras.data.datasets`).
         sequence: CHAOS MR sequence, ``"T1DUAL"`` (2 channels) or ``"T2SPIR"``.
         epochs: epochs (the paper: 1000).
         steps_per_epoch: default ``ceil(training cases / batch_size)``.

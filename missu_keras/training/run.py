@@ -17,9 +17,8 @@ import keras
 import tensorflow as tf
 
 from missu_keras.config import int_or_triple
-from missu_keras.data.brats import find_brats_cases
 from missu_keras.data.cache import build_cache
-from missu_keras.data.chaos import find_chaos_cases
+from missu_keras.data.datasets import dataset_of_layout, detect_layout, find_cases
 from missu_keras.data.pipeline import make_training_dataset
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.distribute import choose_strategy, is_chief, worker_tag
@@ -101,23 +100,21 @@ def _split(ids: Sequence[str], fraction: float, seed: int):
 
 
 def _find(data, config: TrainConfig):
-    if config.layout == "chaos":
-        return find_chaos_cases(data, sequence=config.sequence)
-    return find_brats_cases(data, layout=config.layout, require_seg=False)
+    """``(layout, cases)`` of a data folder (`missu_keras.data.datasets`)."""
+    layout = detect_layout(data) if config.layout == "auto" else config.layout
+    return layout, find_cases(data, layout=layout, sequence=config.sequence, require_seg=False)
 
 
-def _preprocessing(config: TrainConfig, cases, patch) -> PreprocessingConfig:
-    if config.layout == "chaos":
-        return PreprocessingConfig.chaos(config.sequence, patch_size=patch)
-    convention = cases[0].label_convention if cases else "brats"
-    return PreprocessingConfig.brats(label_convention=convention, patch_size=patch)
+def _preprocessing(layout: str, cases, patch) -> PreprocessingConfig:
+    """The run's contract: THE factory, from the layout and the cases found."""
+    return PreprocessingConfig.from_cases(dataset_of_layout(layout), cases, patch_size=patch)
 
 
 def _prepare_data(config: TrainConfig, patch, cache_tag: str, say) -> _Data:
     """Finds the cases, preprocesses them into the cache, splits them."""
-    cases = _find(config.data, config)
-    val_cases = _find(config.val_data, config) if config.val_data else []
-    preprocessing = _preprocessing(config, cases, patch)
+    layout, cases = _find(config.data, config)
+    val_cases = _find(config.val_data, config)[1] if config.val_data else []
+    preprocessing = _preprocessing(layout, cases, patch)
     cache_dir = Path(config.cache_dir) if config.cache_dir else Path(config.out) / "cache"
     if cache_tag:
         cache_dir = cache_dir.with_name(f"{cache_dir.name}-{cache_tag}")

@@ -14,6 +14,7 @@ from missu_keras.cli.common import USER_ERRORS, one_line, quiet_tensorflow
 COMMANDS = {
     "summary": "summary",
     "synth": "synth",
+    "inspect": "inspect_dataset",
     "train": "train",
     "evaluate": "evaluate",
     "predict": "predict",

@@ -145,6 +145,9 @@ class MsdCase:
 
     def load(self, label_convention=None) -> LoadedCase:
         """Reads and validates the case (`missu_keras.data.validation.load_nifti_case`)."""
+        if not Path(self.image_path).is_file():
+            raise FileNotFoundError(f"{self.image_path}: image of case {self.case_id!r} not found "
+                                    "(listed in dataset.json)")
         channels = [(n, Path(self.image_path), i) for n, i in zip(self.channel_names, self.channel_indices)]
         return load_nifti_case(self.case_id, channels, self.seg_path,
                                label_convention or self.label_convention)
@@ -196,8 +199,9 @@ def find_msd_cases(root, modalities: Optional[Sequence[str]] = None, subset: str
         subset: ``"train"`` (the ``training`` list), ``"test"`` (``test``) or ``"all"``.
         require_seg: ``FileNotFoundError`` for a training case whose label file is missing.
 
-    A listed file that does not exist is an error naming it (the case would be lost
-    silently otherwise).
+    A listed image that does not exist is kept (loading the case raises, naming it; so
+    `missu_keras.data.fingerprint` can report it); a missing label file leaves the case
+    unlabelled unless ``require_seg``.
     """
     root = Path(root)
     if root.name in ("imagesTr", "imagesTs") and not (root / DATASET_JSON).is_file():
@@ -212,8 +216,6 @@ def find_msd_cases(root, modalities: Optional[Sequence[str]] = None, subset: str
     order = channel_order(path, available, modalities)
     cases = {}
     for image, label in _listed(root, path, data, subset):
-        if not image.is_file():
-            raise FileNotFoundError(f"{image}: listed in {path} but not found")
         if label is not None and not label.is_file():
             if require_seg:
                 raise FileNotFoundError(f"{label}: listed in {path} but not found")

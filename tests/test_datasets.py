@@ -195,3 +195,20 @@ def test_train_and_predict_on_an_nnunet_dataset(tmp_path):
     (listed,) = find_prediction_cases(files, prep)
     (folder,) = find_prediction_cases([data / "imagesTs"], prep)
     assert listed.case_id == "BRATS_SYNTH_TEST_000" and dict(listed.image_paths) == dict(folder.image_paths)
+
+
+def test_predict_inputs_of_each_layout_match_the_model_channels(datasets):
+    from missu_keras.prediction import find_cases as find_prediction_cases
+
+    prep = PreprocessingConfig.brats(patch_size=32)  # a BraTS model: flair, t1ce, t1, t2
+    task = datasets / "Task01_BrainTumour"
+    (case,) = find_prediction_cases([task / "imagesTs"], prep)
+    assert case.channel_indices == (0, 2, 1, 3) and not case.has_seg
+    # one 4-D Decathlon file: its channels are named in file order
+    image = task / "imagesTr" / "BRATS_SYNTH_000.nii.gz"
+    (listed,) = find_prediction_cases([image], prep, modalities="FLAIR,T1w,t1gd,T2w")
+    np.testing.assert_array_equal(listed.load().image, find_msd_cases(task)[0].load().image)
+    with pytest.raises(ValueError, match="--modalities"):
+        find_prediction_cases([image], prep)
+    with pytest.raises(ValueError, match="4 channel.*lists 3"):
+        find_prediction_cases([image], prep, modalities="FLAIR,T1w,t1gd")

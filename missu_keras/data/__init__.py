@@ -1,8 +1,9 @@
-"""Data: BraTS / CHAOS readers, validation, preprocessing, cache, tf.data and synthetic cases.
+"""Data: BraTS / CHAOS / Decathlon / nnU-Net readers, validation, preprocessing, cache,
+tf.data and synthetic cases.
 
 Real and synthetic data take the same path::
 
-    cases = find_brats_cases(root)                          # or find_chaos_cases(root)
+    cases = find_cases(root)            # any layout (find_brats_cases, find_nnunet_cases, ...)
     result = build_cache(cases, cache_dir, PreprocessingConfig.brats(), workers=2)
     train = make_training_dataset(result.cache, batch_size=2, seed=0)
     val = make_validation_dataset(result.cache)
@@ -26,8 +27,11 @@ _EXPORTS = {
     "ChaosCase": "missu_keras.data.chaos",
     "CropBox": "missu_keras.data.preprocessing",
     "DataCache": "missu_keras.data.cache",
+    "LAYOUTS": "missu_keras.data.datasets",
     "LoadedCase": "missu_keras.data.validation",
     "MODALITY_2023_NAMES": "missu_keras.data.brats",
+    "MsdCase": "missu_keras.data.msd",
+    "NnunetCase": "missu_keras.data.nnunet",
     "ORGAN_GREY_RANGES": "missu_keras.data.chaos",
     "PreprocessedCase": "missu_keras.data.preprocessing",
     "PreprocessingConfig": "missu_keras.data.preprocessing",
@@ -38,13 +42,19 @@ _EXPORTS = {
     "canonical_modality": "missu_keras.data.brats",
     "chaos_split": "missu_keras.data.chaos",
     "crop": "missu_keras.data.preprocessing",
+    "dataset_fingerprint": "missu_keras.data.fingerprint",
     "detect_brats_layout": "missu_keras.data.brats",
+    "detect_layout": "missu_keras.data.datasets",
     "extract_patch": "missu_keras.data.pipeline",
     "find_brats_cases": "missu_keras.data.brats",
+    "find_cases": "missu_keras.data.datasets",
     "find_chaos_cases": "missu_keras.data.chaos",
+    "find_msd_cases": "missu_keras.data.msd",
+    "find_nnunet_cases": "missu_keras.data.nnunet",
     "foreground_box": "missu_keras.data.preprocessing",
     "load_brats_case": "missu_keras.data.validation",
     "load_chaos_case": "missu_keras.data.chaos",
+    "load_nifti_case": "missu_keras.data.validation",
     "make_training_dataset": "missu_keras.data.pipeline",
     "make_validation_dataset": "missu_keras.data.pipeline",
     "normalize_nonzero": "missu_keras.data.preprocessing",
@@ -63,6 +73,8 @@ _EXPORTS = {
     "validate_cases": "missu_keras.data.validation",
     "write_synthetic_brats": "missu_keras.data.synthetic",
     "write_synthetic_chaos": "missu_keras.data.synthetic",
+    "write_synthetic_msd": "missu_keras.data.synthetic",
+    "write_synthetic_nnunet": "missu_keras.data.synthetic",
 }
 
 __all__ = sorted(_EXPORTS)

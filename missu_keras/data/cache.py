@@ -276,8 +276,9 @@ def _check_cases(cases: Sequence, config: PreprocessingConfig) -> None:
         convention = get_label_convention(getattr(case, "label_convention", config.convention))
         if convention != config.convention:
             raise ValueError(
-                f"case {case.case_id!r}: label convention expected {config.convention.to_dict()} "
-                f"(preprocessing config), found {convention.to_dict()} (from its layout)"
+                f"case {case.case_id!r}: label convention expected {config.convention.name!r} "
+                f"(labels {list(config.convention.labels)}; preprocessing config), found "
+                f"{convention.name!r} (labels {list(convention.labels)}; from its layout)"
             )
 
 

@@ -119,11 +119,11 @@ def test_nnunet_region_labels_are_scoring_regions(datasets):
 
 def test_inspect_names_each_damaged_case(tmp_path):
     root = tmp_path / "Dataset009_Damaged"
-    run_command(["synth", "brats", str(root), "--layout", "nnunet", "--cases", "5",
+    run_command(["synth", "brats", str(root), "--layout", "nnunet", "--cases", "6",
                  "--shape", *map(str, SHAPE)])
     cases = find_nnunet_cases(root)
     # case 1: every file 3 mm apart along z; case 2: a channel file gone;
-    # case 3: label 7; case 4: a NaN in the T1 file
+    # case 3: label 7; case 4: a NaN in the T1 file; case 5: its T2 file shifted 5 mm
     for path in cases[1].source_files():
         img = nib.load(path)
         write_nifti(path, np.asarray(img.dataobj), img.affine @ np.diag([1.0, 1.0, 3.0, 1.0]))
@@ -136,6 +136,10 @@ def test_inspect_names_each_damaged_case(tmp_path):
     data = np.asarray(t1.dataobj).astype(np.float32)
     data[3, 3, 3] = np.nan
     write_nifti(cases[4].image_paths["t1"], data, t1.affine)
+    t2 = nib.load(cases[5].image_paths["t2"])
+    shifted = t2.affine.copy()
+    shifted[0, 3] += 5.0
+    write_nifti(cases[5].image_paths["t2"], np.asarray(t2.dataobj), shifted)
 
     out = tmp_path / "fingerprint.json"
     assert run_command(["inspect", str(root), "--out", str(out)]) == 0
@@ -147,11 +151,12 @@ def test_inspect_names_each_damaged_case(tmp_path):
         ids[2]: (cases[2].image_paths["t1"], "missing channel file"),
         ids[3]: (cases[3].seg_path, "unexpected label value"),
         ids[4]: (cases[4].image_paths["t1"], "non-finite"),
+        ids[5]: (cases[5].image_paths["t2"], "affine mismatch"),
     }
     for case_id, (path, text) in expect.items():
         assert text in problems[(case_id, str(path))], fp["problems"]
     assert ids[0] not in {case for case, _ in problems}
-    assert fp["num_cases"] == 5 and fp["spacing"]["max"] == [1.0, 1.0, 3.0]
+    assert fp["num_cases"] == 6 and fp["spacing"]["max"] == [1.0, 1.0, 3.0]
     assert fp["labels_found"]["per_case"][ids[3]] == [0, 1, 2, 3, 7]
     assert set(fp["intensity"]) == {"flair", "t1ce", "t1", "t2"}
     with pytest.raises(FileExistsError):

@@ -4,7 +4,7 @@
 TF-Serving watches: one integer folder per version) holding the inference graph of a
 `missu_keras.MISSU` (encoder + Transformer + decoder; the training-only MSF branch is
 not in it, unless ``msf_mode="ms_output"`` where the decoder reads the MSF pyramid) with
-two signatures whose inputs and outputs are named:
+three signatures whose inputs and outputs are named:
 
 - ``serving_default``: ``image`` float32 ``[batch, H, W, D, C]`` at the model's patch
   size (already normalised, like a training patch) -> ``probabilities`` float32
@@ -22,9 +22,9 @@ two signatures whose inputs and outputs are named:
   Orientation is the client's job, exact and outside the graph (nibabel; the
   contract's ``orientation`` is in the metadata; `missu_keras.serving` does it).
 
-Both signatures run `missu_keras.inference` in their graphs, the code ``predict``,
+Every signature runs `missu_keras.inference` in its graph, the code ``predict``,
 ``evaluate`` and `missu_keras.inference.Segmenter` run: ``serving_default`` is
-`missu_keras.inference.segment_patches`, ``segment_volume`` is
+`missu_keras.inference.segment_patches`, ``segment_volume`` and ``segment_scan`` are
 `missu_keras.inference.segment_volume` (the preprocessing contract: crop to the
 non-zero box plus margin, z-score over the brain mask; the Gaussian sliding window of
 `missu_keras.inference.SlidingWindowInferer`; argmax, the label map, the uncrop), so

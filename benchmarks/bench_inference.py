@@ -4,14 +4,22 @@ NIfTI volumes to labels in the original grid (preprocessing, Gaussian sliding wi
 with overlap 0.5, argmax, uncrop), with and without flip TTA, float32 and
 mixed_bfloat16. Weights are random: speed does not depend on them.
 
+A case that needs resampling (issue 15) runs too, float32 without TTA: a generated
+256 x 256 x 60 case stored at 0.8 x 0.8 x 3 mm (LPS), which the brats contract (LPS,
+1 mm) resamples to 1 mm after the crop and whose probabilities go back to the 0.8 x 0.8 x
+3 mm box. Its row reports the time of the two resampling steps alone (each timed on its
+own on the same sizes, compiled, median of 3) and their share of the whole-case time.
+
 Each configuration runs in its own Python process so that its peak memory is its own.
 Prints a table, then one JSON object as the last line.
 
-    python benchmarks/bench_inference.py                      # all four configurations
+    python benchmarks/bench_inference.py                      # all configurations
     python benchmarks/bench_inference.py --skip-tta --skip-bf16
+    python benchmarks/bench_inference.py --skip-tta --skip-bf16 --only-resampled
     python benchmarks/bench_inference.py --preset tiny --image-size 64 --shape 96 96 64
 
-Target (issue 4), 2-core machine, float32 without TTA: under 60 s and 4 GB.
+Targets: (issue 4) 2-core machine, float32 without TTA: under 60 s and 4 GB; (issue 15)
+the resampling adds at most 20 % to the whole-case time.
 """
 
 from __future__ import annotations
@@ -41,7 +49,11 @@ segmenter = Segmenter(model.inference_model(), PreprocessingConfig.brats(patch_s
                       sw_batch_size=args["sw_batch_size"])
 case = find_brats_cases(args["data"])[0]
 loaded = case.load()
-crop = preprocess_case(loaded, segmenter.preprocessing).image.shape[:3]
+if args["spacing"]:  # the same voxels, stored at another spacing (LPS, as BraTS)
+    affine = np.diag([-args["spacing"][0], -args["spacing"][1], args["spacing"][2], 1.0])
+    loaded = dataclasses.replace(loaded, affine=affine, spacing=tuple(args["spacing"]))
+pre = preprocess_case(loaded, segmenter.preprocessing)
+crop = pre.image.shape[:3]
 windows = len(segmenter.inferer.window_slices(crop))
 # Trace + warm-up: the same call on a one-window volume (the pipeline is traced once
 # for every volume size; the window loop and the model run in that graph).
@@ -54,9 +66,31 @@ t = time.perf_counter()
 labels = segmenter.segment(loaded).labels
 seconds = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
-print(json.dumps({"seconds": seconds, "warmup_seconds": warmup, "peak_gb": peak, "windows": windows,
-                  "model_calls": windows * (8 if args["tta"] else 1), "crop": list(crop),
-                  "labels": sorted(int(v) for v in np.unique(labels))}))
+out = {"seconds": seconds, "warmup_seconds": warmup, "peak_gb": peak, "windows": windows,
+       "model_calls": windows * (8 if args["tta"] else 1), "crop": list(crop),
+       "labels": sorted(int(v) for v in np.unique(labels))}
+if args["spacing"]:  # the two resampling steps of the pipeline, alone, on the same sizes
+    import tensorflow as tf
+    from missu_keras.data.geometry import resample_tensor
+    box, grid = pre.box.shape, crop
+    image = tf.random.uniform([*box, model.config.in_channels])
+    probs = tf.random.uniform([*grid, model.config.num_classes])
+    step = tf.function(lambda v, s: resample_tensor(v, s, "linear"), autograph=False,
+                       reduce_retracing=True)
+    timings = []
+    for volume, size in ((image, grid), (probs, box)):
+        step(volume, tf.constant(size)).numpy()  # trace + warm-up
+        runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            step(volume, tf.constant(size)).numpy()
+            runs.append(time.perf_counter() - t)
+        timings.append(sorted(runs)[1])
+    out.update(box=list(box), resample_image_seconds=timings[0],
+               resample_probabilities_seconds=timings[1], resample_seconds=sum(timings),
+               resample_share=sum(timings) / seconds,
+               resample_added=sum(timings) / (seconds - sum(timings)))
+print(json.dumps(out))
 """
 
 
@@ -70,20 +104,32 @@ def main(argv=None):
     p.add_argument("--skip-tta", action="store_true", help="skip the 8-flip TTA runs (8x longer)")
     p.add_argument("--skip-bf16", action="store_true",
                    help="skip mixed_bfloat16 (slow where the CPU has no bf16 units, e.g. AVX2-only)")
+    p.add_argument("--resampled-shape", type=int, nargs=3, default=(256, 256, 60),
+                   metavar=("H", "W", "D"), help="the case that needs resampling (default 256 256 60)")
+    p.add_argument("--resampled-spacing", type=float, nargs=3, default=(0.8, 0.8, 3.0),
+                   metavar=("X", "Y", "Z"), help="its voxel spacing in mm (default 0.8 0.8 3)")
+    p.add_argument("--skip-resampled", action="store_true", help="skip the case that needs resampling")
+    p.add_argument("--only-resampled", action="store_true", help="run only the case that needs resampling")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from missu_keras.data import write_synthetic_brats
 
     data = tempfile.mkdtemp(prefix="bench_inference_")
     write_synthetic_brats(data, num_cases=1, seed=0, shape=tuple(args.shape))
-    configs = [(tta, precision) for tta in ([False] if args.skip_tta else [False, True])
+    configs = [(tta, precision, None) for tta in ([False] if args.skip_tta else [False, True])
                for precision in (["float32"] if args.skip_bf16 else ["float32", "mixed_bfloat16"])]
+    configs = [] if args.only_resampled else configs
+    if not args.skip_resampled:
+        resampled = tempfile.mkdtemp(prefix="bench_inference_resampled_")
+        write_synthetic_brats(resampled, num_cases=1, seed=0, shape=tuple(args.resampled_shape))
+        configs.append((False, "float32", resampled))
     results = {}
-    for tta, precision in configs:
-        key = f"{precision}{'_tta' if tta else ''}"
-        spec = json.dumps({"preset": args.preset, "image_size": args.image_size, "data": data,
-                           "overlap": args.overlap, "tta": tta, "precision": precision,
-                           "sw_batch_size": args.sw_batch_size})
+    for tta, precision, case_data in configs:
+        key = f"{precision}{'_tta' if tta else ''}{'_resampled' if case_data else ''}"
+        spec = json.dumps({"preset": args.preset, "image_size": args.image_size,
+                           "data": case_data or data, "overlap": args.overlap, "tta": tta,
+                           "precision": precision, "sw_batch_size": args.sw_batch_size,
+                           "spacing": list(args.resampled_spacing) if case_data else None})
         proc = subprocess.run([sys.executable, "-c", CHILD, spec], capture_output=True, text=True)
         if proc.returncode:
             lines = proc.stderr.strip().splitlines()
@@ -100,13 +146,23 @@ def main(argv=None):
     print(f"MISSU preset {args.preset}, case {tuple(args.shape)} (crop {first.get('crop')}, "
           f"{first.get('windows')} windows, overlap {args.overlap}), {machine['cpu']}, "
           f"{machine['threads']} threads, TF {machine['tensorflow']}, GPUs: {machine['gpus']}")
-    print(f"{'configuration':<24} {'seconds':>9} {'peak GB':>8} {'model calls':>12}")
+    print(f"{'configuration':<24} {'seconds':>9} {'peak GB':>8} {'model calls':>12} "
+          f"{'resampling s':>13} {'share':>6}")
     for key, r in results.items():
         if "error" in r:
             print(f"{key:<24} error: {r['error']}")
         else:
-            print(f"{key:<24} {r['seconds']:>9.1f} {r['peak_gb']:>8.2f} {r['model_calls']:>12}")
+            extra = (f" {r['resample_seconds']:>13.2f} {100 * r['resample_share']:>5.1f}%"
+                     if "resample_seconds" in r else "")
+            print(f"{key:<24} {r['seconds']:>9.1f} {r['peak_gb']:>8.2f} {r['model_calls']:>12}{extra}")
+    resampled = {k: r for k, r in results.items() if "resample_seconds" in r}
+    for key, r in resampled.items():
+        print(f"{key}: case {tuple(args.resampled_shape)} at {tuple(args.resampled_spacing)} mm, "
+              f"box {tuple(r['box'])} -> {tuple(r['crop'])} at 1 mm; resampling adds "
+              f"{100 * r['resample_added']:.1f} % to the rest of the case (target <= 20 %)")
     print(json.dumps({"preset": args.preset, "shape": list(args.shape), "overlap": args.overlap,
+                      "resampled_shape": list(args.resampled_shape),
+                      "resampled_spacing": list(args.resampled_spacing),
                       "machine": machine, "results": results}))
     return 0
 

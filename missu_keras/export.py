@@ -4,19 +4,27 @@
 TF-Serving watches: one integer folder per version) holding the inference graph of a
 `missu_keras.MISSU` (encoder + Transformer + decoder; the training-only MSF branch is
 not in it, unless ``msf_mode="ms_output"`` where the decoder reads the MSF pyramid) with
-two signatures whose inputs and outputs are named:
+three signatures whose inputs and outputs are named:
 
 - ``serving_default``: ``image`` float32 ``[batch, H, W, D, C]`` at the model's patch
   size (already normalised, like a training patch) -> ``probabilities`` float32
   ``[batch, H, W, D, K]`` and ``labels`` int32 ``[batch, H, W, D]`` in the dataset's
   label convention (0/1/2/4 for BraTS).
 - ``segment_volume``: ``volume`` float32 ``[H, W, D, C]``, one raw scan of any size
-  (channels in the model's modality order) -> ``labels`` int32 ``[H, W, D]`` on the
-  same grid.
+  (channels in the model's modality order) already in the contract's orientation and
+  voxel spacing -> ``labels`` int32 ``[H, W, D]`` on the same grid (no resampling: the
+  signature of exports before orientation and spacing joined the contract).
+- ``segment_scan``: ``volume`` as above, in the contract's orientation, and ``spacing``
+  float32 ``[3]``, its voxel size in mm along each array axis -> ``labels`` int32
+  ``[H, W, D]`` on the same grid: the crop box is resampled to the contract's target
+  spacing in the graph and the probabilities back (choice (a) of issue 15: the spacing
+  is an input, so the graph agrees with ``missu-keras predict`` at any spacing).
+  Orientation is the client's job, exact and outside the graph (nibabel; the
+  contract's ``orientation`` is in the metadata; `missu_keras.serving` does it).
 
-Both signatures run `missu_keras.inference` in their graphs, the code ``predict``,
+Every signature runs `missu_keras.inference` in its graph, the code ``predict``,
 ``evaluate`` and `missu_keras.inference.Segmenter` run: ``serving_default`` is
-`missu_keras.inference.segment_patches`, ``segment_volume`` is
+`missu_keras.inference.segment_patches`, ``segment_volume`` and ``segment_scan`` are
 `missu_keras.inference.segment_volume` (the preprocessing contract: crop to the
 non-zero box plus margin, z-score over the brain mask; the Gaussian sliding window of
 `missu_keras.inference.SlidingWindowInferer`; argmax, the label map, the uncrop), so
@@ -64,7 +72,8 @@ logger = logging.getLogger("missu_keras.export")
 
 SERVING_SIGNATURE = "serving_default"
 VOLUME_SIGNATURE = "segment_volume"
-SIGNATURES = (SERVING_SIGNATURE, VOLUME_SIGNATURE)
+SCAN_SIGNATURE = "segment_scan"
+SIGNATURES = (SERVING_SIGNATURE, VOLUME_SIGNATURE, SCAN_SIGNATURE)
 METADATA_ASSET = "missu_export.json"
 DEFAULT_MODEL_NAME = "missu"
 FORMAT_VERSION = 1
@@ -228,7 +237,16 @@ def _signature_doc(patch, channels, num_classes):
         VOLUME_SIGNATURE: {
             "inputs": {"volume": {"dtype": "float32", "shape": [-1, -1, -1, channels]}},
             "outputs": {"labels": {"dtype": "int32", "shape": [-1, -1, -1]}},
-            "note": "one raw scan of any size; preprocessing and sliding window in the graph",
+            "note": "one raw scan of any size in the contract's orientation and spacing; "
+                    "preprocessing and sliding window in the graph",
+        },
+        SCAN_SIGNATURE: {
+            "inputs": {"volume": {"dtype": "float32", "shape": [-1, -1, -1, channels]},
+                       "spacing": {"dtype": "float32", "shape": [3]}},
+            "outputs": {"labels": {"dtype": "int32", "shape": [-1, -1, -1]}},
+            "note": "one raw scan in the contract's orientation (reorient it first, exactly) "
+                    "and its voxel spacing in mm; resampled to the target spacing and back "
+                    "in the graph",
         },
     }
 
@@ -265,6 +283,15 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
                              pad_to_multiple=pad_to_multiple, what=what)
         return {"labels": out["labels"]}
 
+    def serve_scan(volume, spacing):
+        what = f"{SCAN_SIGNATURE}: volume"
+        volume = _check_shape(volume, [None, None, None, channels], what,
+                              f"[H, W, D, {channels}]", modalities)
+        spacing = tf.cast(tf.ensure_shape(spacing, [3]), tf.float64)
+        out = segment_volume(volume, predict, preprocessing, inferer, num_classes=num_classes,
+                             pad_to_multiple=pad_to_multiple, what=what, spacing=spacing)
+        return {"labels": out["labels"]}
+
     archive = keras.export.ExportArchive()
     # No archive.track(inference): the endpoints capture every variable they use, and
     # tracking the Keras variables as well would store each value twice on disk (once
@@ -277,6 +304,9 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
         tf.TensorSpec([None, *patch, channels], tf.float32, name="image")])
     archive.add_endpoint(VOLUME_SIGNATURE, serve_volume, input_signature=[
         tf.TensorSpec([None, None, None, channels], tf.float32, name="volume")])
+    archive.add_endpoint(SCAN_SIGNATURE, serve_scan, input_signature=[
+        tf.TensorSpec([None, None, None, channels], tf.float32, name="volume"),
+        tf.TensorSpec([3], tf.float32, name="spacing")])
     return archive, inference
 
 
@@ -390,6 +420,8 @@ def _export_metadata(model, inference, prep, prep_source: str, name: str, versio
         "label_map": {str(c): int(v) for c, v in enumerate(convention.labels)},
         "preprocessing": prep.to_dict(),
         "preprocessing_source": prep_source,
+        "orientation": prep.orientation,
+        "target_spacing": None if prep.resampling is None else list(prep.resampling),
         "sliding_window": sliding_window,
         "signatures": _signature_doc(list(cfg.image_size), cfg.in_channels, cfg.num_classes),
         "msf_mode": cfg.msf_mode,
@@ -446,6 +478,9 @@ def _log_summary(log: Callable[[str], None], metadata: dict, target: Path) -> No
         f"[.., {classes}], labels int32 {labels}")
     log(f"  segment_volume:  volume float32 [H, W, D, {channels}] "
         f"({', '.join(metadata['modalities'])}) -> labels int32 [H, W, D]")
+    log(f"  segment_scan:    volume [H, W, D, {channels}] in orientation "
+        f"{metadata['orientation'] or 'as stored'}, spacing float32 [3] mm -> labels "
+        f"(resampled to {metadata['target_spacing'] or 'no target spacing'} and back in the graph)")
     if metadata["msf_in_graph"]:
         log("  msf_mode='ms_output': the decoder reads the MSF pyramid, so the MSF branch "
             f"stays in the exported graph ({len(metadata['msf_layers'])} layers)")

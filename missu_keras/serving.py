@@ -42,14 +42,16 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from missu_keras.data.brats import BRATS_MODALITIES, find_brats_cases
+from missu_keras.data.geometry import reorient, undo_orientation, voxel_spacing
 from missu_keras.data.io import read_nifti_header, write_nifti
 from missu_keras.labels import get_label_convention
 
 # dtypes of the exported signatures' inputs and outputs (`missu_keras.export`).
-TENSOR_DTYPES = {"image": "float32", "volume": "float32", "probabilities": "float32",
-                 "labels": "int32"}
+TENSOR_DTYPES = {"image": "float32", "volume": "float32", "spacing": "float32",
+                 "probabilities": "float32", "labels": "int32"}
 SIGNATURE_OUTPUTS = {"serving_default": ("labels", "probabilities"),
-                     "segment_volume": ("labels",)}
+                     "segment_volume": ("labels",), "segment_scan": ("labels",)}
+VOLUME_SIGNATURES = ("segment_volume", "segment_scan")
 FORMS = ("inputs", "instances")
 
 Arrays = Mapping[str, np.ndarray]
@@ -206,7 +208,7 @@ def rest_predict(server: str, inputs: Union[Arrays, np.ndarray], model_name: str
     the server's message when it refuses the request.
     """
     if not isinstance(inputs, Mapping):
-        inputs = {"volume" if signature_name == "segment_volume" else "image": inputs}
+        inputs = {"volume" if signature_name in VOLUME_SIGNATURES else "image": inputs}
     body = rest_request(inputs, signature_name=signature_name, form=form).encode()
     url = predict_url(server, model_name, version)
     request = urllib.request.Request(url, data=body, method="POST",
@@ -251,7 +253,7 @@ def grpc_request(inputs: Union[Arrays, np.ndarray], model_name: str = "missu",
 
     predict_pb2 = _serving_apis()
     if not isinstance(inputs, Mapping):
-        inputs = {"volume" if signature_name == "segment_volume" else "image": inputs}
+        inputs = {"volume" if signature_name in VOLUME_SIGNATURES else "image": inputs}
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature_name
@@ -290,9 +292,10 @@ def grpc_predict(target: str, request, timeout: float = 600.0) -> Dict[str, np.n
 def segment_case_rest(case_dir, server: str, out_path, model_name: str = "missu",
                       version: Optional[int] = None, modalities: Optional[Sequence[str]] = None,
                       timeout: float = 600.0, log=print,
-                      label_values: Optional[Sequence[int]] = None):
-    """Sends one BraTS case folder to ``segment_volume`` over REST and writes the labels
-    as NIfTI (uint8) on the case's original grid, with its affine and header.
+                      label_values: Optional[Sequence[int]] = None,
+                      metadata: Optional[Mapping] = None):
+    """Sends one BraTS case folder to the export over REST and writes the labels as
+    NIfTI (uint8) on the case's original grid, with its affine and header.
 
     Args:
         case_dir: a BraTS case folder (any layout `missu_keras.data.find_brats_cases`
@@ -303,6 +306,12 @@ def segment_case_rest(case_dir, server: str, out_path, model_name: str = "missu"
             ``assets/missu_export.json``); default FLAIR, T1ce, T1, T2.
         label_values: the labels the model may return (the export's ``label_map``
             values); default the case layout's convention (0, 1, 2, 4; 3 for 2023).
+        metadata: the export's metadata (`missu_keras.export.read_export_metadata`).
+            When it lists the ``segment_scan`` signature, the case is reoriented to the
+            contract's ``orientation`` here (exact, nibabel), sent with its voxel
+            spacing (the graph resamples), and the labels are moved back to the case's
+            orientation; otherwise (no metadata, or an export from before issue 15) the
+            scan goes as it is to ``segment_volume``.
 
     The reply is checked before anything is written: labels of the case's shape, every
     value in ``label_values`` (else ``ValueError`` naming the server).
@@ -322,18 +331,36 @@ def segment_case_rest(case_dir, server: str, out_path, model_name: str = "missu"
     case = dataclasses.replace(cases[0], seg_path=None)  # the ground truth is never sent
     loaded = case.load()
     url = predict_url(server, model_name, version)
+    signature, inputs, moved = _scan_request(loaded, metadata)
     if log:
-        log(f"sending {case.case_id} {tuple(loaded.image.shape)} to {url} (segment_volume)")
-    outputs = rest_predict(server, {"volume": loaded.image}, model_name=model_name,
-                           signature_name="segment_volume", version=version, timeout=timeout)
+        log(f"sending {case.case_id} {tuple(loaded.image.shape)} to {url} ({signature})")
+    outputs = rest_predict(server, inputs, model_name=model_name,
+                           signature_name=signature, version=version, timeout=timeout)
     allowed = label_values if label_values is not None else \
         get_label_convention(case.label_convention).labels
-    labels = check_returned_labels(outputs, loaded.image.shape[:3], allowed, url)
+    grid = moved.array.shape[:3] if moved is not None else loaded.image.shape[:3]
+    labels = check_returned_labels(outputs, grid, allowed, url)
+    if moved is not None:
+        labels = undo_orientation(labels, moved)
     _, affine, reference = read_nifti_header(case.reference_path)
     write_nifti(out_path, labels.astype(np.uint8), affine, reference.header)
     if log:
         log(f"wrote {out_path} (labels {sorted(np.unique(labels).tolist())})")
     return labels
+
+
+def _scan_request(loaded, metadata: Optional[Mapping]):
+    """``(signature, inputs, reorientation or None)`` for one loaded case: the
+    ``segment_scan`` signature with the volume in the contract's orientation and its
+    spacing when the export has it, else ``segment_volume`` with the scan as stored."""
+    signatures = (metadata or {}).get("signatures") or {}
+    if "segment_scan" not in signatures:
+        return "segment_volume", {"volume": loaded.image}, None
+    orientation = metadata.get("orientation") or (metadata.get("preprocessing") or {}).get("orientation")
+    moved = reorient(loaded.image, loaded.affine, orientation) if orientation else None
+    volume, affine = (moved.array, moved.affine) if moved is not None else (loaded.image, loaded.affine)
+    spacing = np.asarray(voxel_spacing(affine), np.float32)
+    return "segment_scan", {"volume": np.ascontiguousarray(volume), "spacing": spacing}, moved
 
 
 def check_returned_labels(outputs: Mapping[str, np.ndarray], shape, allowed, source: str) -> np.ndarray:

@@ -35,6 +35,7 @@ from tests.helpers import run_command
 
 PATCH = 32
 CASE_SHAPE = (48, 48, 40)
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # BraTS's stored orientation, the brats contract's
 SUBPROCESS_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 
@@ -329,7 +330,7 @@ def test_in_graph_preprocessing_and_window_equal_numpy(small_net, shape, setting
     volume[inside][..., 1] *= rng.uniform(0, 1, volume[inside].shape[:3]) > 0.3  # holes in one channel
     segment = graph_pipeline(small_net, prep, sw_batch_size=3, pad=pad)
     got = segment(tf.constant(volume)).numpy()
-    loaded = LoadedCase("case", volume, None, np.eye(4), (1.0, 1.0, 1.0), prep.modalities, "brats")
+    loaded = LoadedCase("case", volume, None, LPS, (1.0, 1.0, 1.0), prep.modalities, "brats")
     expected = python_labels(small_net, loaded, prep, sw_batch_size=3, pad=pad)
     assert got.shape == shape
     np.testing.assert_array_equal(got, expected)
@@ -339,7 +340,7 @@ def test_in_graph_pipeline_on_an_empty_volume(small_net):
     prep = PreprocessingConfig.brats(patch_size=(16, 16, 8))
     segment = graph_pipeline(small_net, prep)
     volume = np.zeros((20, 18, 9, 4), np.float32)
-    loaded = LoadedCase("case", volume, None, np.eye(4), (1.0, 1.0, 1.0), prep.modalities, "brats")
+    loaded = LoadedCase("case", volume, None, LPS, (1.0, 1.0, 1.0), prep.modalities, "brats")
     np.testing.assert_array_equal(segment(tf.constant(volume)).numpy(),
                                   python_labels(small_net, loaded, prep))
 
@@ -468,7 +469,8 @@ def test_serve_request_writes_the_labels_in_the_original_grid(exported, case, re
     out = tmp_path / "pred" / f"{found.case_id}.nii.gz"
     assert run_cli(["serve-request", str(found.directory), "--server", rest_server,
                     "--out", str(out), "--metadata", str(result.path), "--version", "1"]) == 0
-    assert _TFServingLike.requests == [("/v1/models/missu/versions/1:predict", "segment_volume")]
+    # With the metadata the client reorients and sends the spacing (issue 15).
+    assert _TFServingLike.requests == [("/v1/models/missu/versions/1:predict", "segment_scan")]
     written = nib.load(str(out))
     reference = nib.load(str(found.reference_path))
     np.testing.assert_array_equal(written.affine, reference.affine)

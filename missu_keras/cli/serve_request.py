@@ -16,7 +16,9 @@ def register(subparsers):
     q.add_argument("--modalities", nargs="+", default=None,
                    help="channel order of the exported model (default: flair t1ce t1 t2)")
     q.add_argument("--metadata", default=None,
-                   help="an exported version folder or its missu_export.json, for the modality order")
+                   help="an exported version folder or its missu_export.json: the modality order, "
+                        "orientation and spacing (without it the scan goes as stored to "
+                        "segment_volume)")
     q.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     q.set_defaults(func=run)
 
@@ -26,7 +28,7 @@ def run(args) -> int:
     from missu_keras.export import read_export_metadata
     from missu_keras.serving import ServingError, segment_case_rest
 
-    modalities, label_values = args.modalities, None
+    modalities, label_values, meta = args.modalities, None, None
     if args.metadata:
         meta = read_export_metadata(args.metadata)  # errors name the file
         modalities = modalities or meta["modalities"]
@@ -34,7 +36,7 @@ def run(args) -> int:
     try:
         segment_case_rest(args.case, args.server, args.out, model_name=args.name,
                           version=args.version, modalities=modalities, timeout=args.timeout,
-                          label_values=label_values)
+                          label_values=label_values, metadata=meta)
     except ServingError as err:  # the server refused what was sent: the user's to fix
         raise ValueError(str(err)) from err
     return 0

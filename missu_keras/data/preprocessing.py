@@ -1,6 +1,8 @@
 """Preprocessing as in the paper (Sec. IV-A), and its inverse for predictions.
 
-A case goes: crop to the bounding box of the non-zero voxels (plus a margin) ->
+A case goes: reorientation to the contract's axis codes (exact, `missu_keras.data.geometry`)
+-> crop to the bounding box of the non-zero voxels (plus a margin) -> resampling of
+the cropped box to the contract's target spacing (skipped exactly at that spacing) ->
 z-score each modality over the brain mask (voxels where any modality is non-zero),
 background 0 -> dataset labels to training classes (`missu_keras.labels`). The crop
 box is kept, so a prediction goes back to the original grid exactly (`restore_labels`).
@@ -42,11 +44,16 @@ import tensorflow as tf
 
 from missu_keras.config import StrictConfig, int_or_triple
 from missu_keras.data.chaos import chaos_channel_names
+from missu_keras.data.geometry import (IMAGE_INTERPOLATIONS, check_axis_codes, median_spacing,
+                                       reorient, resample, resample_tensor, target_shape,
+                                       voxel_spacing)
+from missu_keras.data.io import read_nifti_header
 from missu_keras.labels import LABEL_CONVENTIONS, LabelConvention, get_label_convention
 
 NORMALIZATIONS = ("zscore_nonzero", "zscore", "none")
 NORMALIZE_EPS = 1e-8  # floor of the standard deviation in the z-scores
 DATASETS = ("brats", "chaos", "msd", "nnunet")
+MEDIAN = "median"  # target_spacing filled in from the training set (`with_median_spacing`)
 
 IntOr3 = Union[int, Sequence[int]]
 
@@ -75,6 +82,14 @@ class PreprocessingConfig(StrictConfig):
         patch_size: training crop ``(H, W, D)``; multiples of 8 (three stride-2 steps).
         pad_multiple: whole validation / inference volumes are padded (at the end of
             each axis) to a multiple of this.
+        orientation: axis codes every case is reoriented to first (exact flips and
+            permutations, e.g. ``"RAS"``; an oblique scan goes to its closest canonical
+            orientation), or ``None``: as stored.
+        target_spacing: voxel size in mm ``(3 floats)`` the cropped box is resampled to,
+            ``"median"`` (the training set's median per axis, filled in by
+            `with_median_spacing` before the cache is built) or ``None``: as stored.
+        image_interpolation: ``"linear"`` or ``"cubic"`` for images (labels: nearest
+            neighbour; predicted probabilities go back linearly).
 
     >>> cfg = PreprocessingConfig.chaos()
     >>> cfg.patch_size, cfg.modalities
@@ -96,12 +111,19 @@ class PreprocessingConfig(StrictConfig):
     crop_margin: IntOr3 = 2
     patch_size: IntOr3 = (128, 128, 128)
     pad_multiple: int = 8
+    orientation: Optional[str] = None
+    target_spacing: Optional[Union[Tuple[float, float, float], str]] = None
+    image_interpolation: str = "linear"
 
     SETTINGS_NAME = "preprocessing settings"
 
     def normalize(self):
         self.crop_margin = int_or_triple(self.crop_margin, "crop_margin")
         self.patch_size = int_or_triple(self.patch_size, "patch_size")
+        if self.orientation is not None:
+            self.orientation = "".join(check_axis_codes(self.orientation))
+        if isinstance(self.target_spacing, tuple):
+            self.target_spacing = tuple(float(v) for v in self.target_spacing)
 
     def validate(self):
         if self.dataset not in DATASETS:
@@ -133,6 +155,23 @@ class PreprocessingConfig(StrictConfig):
             )
         if not isinstance(self.pad_multiple, int) or self.pad_multiple < 1:
             raise ValueError(f"pad_multiple must be an int >= 1. Received: pad_multiple={self.pad_multiple!r}")
+        spacing = self.target_spacing
+        if isinstance(spacing, str) and spacing != MEDIAN or (
+                isinstance(spacing, tuple) and not all(np.isfinite(v) and v > 0 for v in spacing)):
+            raise ValueError("target_spacing must be 3 positive numbers (mm), 'median' or None. "
+                             f"Received: target_spacing={spacing!r}")
+        if self.image_interpolation not in IMAGE_INTERPOLATIONS:
+            raise ValueError(f"image_interpolation must be one of {IMAGE_INTERPOLATIONS}. "
+                             f"Received: image_interpolation={self.image_interpolation!r}")
+
+    @property
+    def resampling(self) -> Optional[Tuple[float, float, float]]:
+        """The target spacing to resample to, ``None`` when the contract keeps the
+        stored spacing; ``ValueError`` while it is still ``"median"``."""
+        if self.target_spacing == MEDIAN:
+            raise ValueError("target_spacing='median' is filled in from the training set "
+                             "(with_median_spacing) before any case is preprocessed")
+        return self.target_spacing
 
     @property
     def num_channels(self) -> int:
@@ -177,20 +216,34 @@ class PreprocessingConfig(StrictConfig):
                                  f"differ from the first case's ({list(channels)}, {conv.name})")
         if dataset == "chaos":
             return cls.chaos(sequence="T2SPIR" if len(channels) == 1 else "T1DUAL", **overrides)
+        if dataset == "brats":
+            return cls.brats(label_convention=conv.name, modalities=channels, **overrides)
         registered = LABEL_CONVENTIONS.get(conv.name) == conv
+        # nnU-Net's rule for a new dataset: closest canonical orientation, the training
+        # set's median spacing (filled in by `with_median_spacing`).
         kwargs = dict(dataset=dataset, modalities=channels, label_convention=conv.name,
-                      label_definition=None if registered else conv.to_dict())
+                      label_definition=None if registered else conv.to_dict(),
+                      orientation="RAS", target_spacing=MEDIAN)
         kwargs.update(overrides)
         return cls(**kwargs)
 
     @classmethod
     def brats(cls, label_convention: str = "brats", **overrides) -> "PreprocessingConfig":
-        """The paper's BraTS settings (FLAIR, T1ce, T1, T2; 128^3 crops)."""
-        return cls(dataset="brats", label_convention=label_convention, **overrides)
+        """The paper's BraTS settings (FLAIR, T1ce, T1, T2; 128^3 crops), in the
+        orientation (LPS) and spacing (1 mm) BraTS files are stored in, so a BraTS case
+        goes through untouched and another scan is brought to what the weights saw."""
+        kwargs = dict(orientation="LPS", target_spacing=(1.0, 1.0, 1.0))
+        kwargs.update(overrides)
+        return cls(dataset="brats", label_convention=label_convention, **kwargs)
 
     @classmethod
     def chaos(cls, sequence: str = "T1DUAL", **overrides) -> "PreprocessingConfig":
-        """The paper's CHAOS MR settings (in/out phase, liver; 128 x 128 x 32 crops)."""
+        """The paper's CHAOS MR settings (in/out phase, liver; 128 x 128 x 32 crops).
+
+        Orientation and spacing as stored (``None``): the paper trains on 128 x 128 x 30
+        crops of the native grid (about 30 slices is a CHAOS MR volume's depth, which
+        resampling its 5.5-9 mm slices to a finer spacing would multiply), so paper
+        fidelity keeps the native grid; set ``target_spacing`` to resample."""
         kwargs = dict(
             dataset="chaos",
             modalities=chaos_channel_names(sequence),
@@ -410,18 +463,28 @@ def normalize_whole(image: np.ndarray, eps: float = NORMALIZE_EPS) -> np.ndarray
     return normalize(image, "zscore", eps)
 
 
-def preprocess_volume(volume, normalization: str, crop_margin: Optional[IntOr3] = None):
-    """The image part of the preprocessing contract, in TensorFlow (graph-safe).
+def preprocess_volume(volume, normalization: str, crop_margin: Optional[IntOr3] = None,
+                      spacing=None, target_spacing: Optional[Sequence[float]] = None,
+                      interpolation: str = "linear"):
+    """The image part of the preprocessing contract, in TensorFlow (graph-safe), on a
+    volume already in the contract's orientation (`missu_keras.data.geometry.reorient`).
 
     Args:
         volume: raw scan ``(H, W, D, C)`` float32 (static ``C``, any sizes).
         normalization: one of `NORMALIZATIONS`.
         crop_margin: crop to the non-zero box widened by this margin
             (`foreground_bounds`); ``None`` keeps the whole volume.
+        spacing: the volume's voxel size in mm, ``(3,)`` (a tensor or numbers), or
+            ``None``: already at ``target_spacing``.
+        target_spacing: resample the cropped box to this spacing
+            (`missu_keras.data.geometry.target_shape`: skipped exactly within 0.1 %),
+            ``None``: keep the grid.
+        interpolation: ``"linear"`` or ``"cubic"``.
 
     Returns:
-        ``(image, start, stop)``: ``image (h, w, d, C)`` float32 cropped and normalised
-        (`normalize_tensor`), and the crop box in the original grid, int32 ``(3,)`` each.
+        ``(image, start, stop)``: ``image (h, w, d, C)`` float32 cropped, resampled and
+        normalised (`normalize_tensor`), and the crop box in the original grid, int32
+        ``(3,)`` each.
     """
     volume = tf.cast(tf.convert_to_tensor(volume), tf.float32)
     channels = volume.shape[-1]
@@ -431,6 +494,9 @@ def preprocess_volume(volume, normalization: str, crop_margin: Optional[IntOr3] 
         start, stop = foreground_bounds(volume, crop_margin)
     cropped = tf.slice(volume, tf.concat([start, [0]], 0), tf.concat([stop - start, [-1]], 0))
     cropped.set_shape([None, None, None, channels])
+    if spacing is not None and target_spacing is not None:
+        size = target_shape(stop - start, spacing, target_spacing)
+        cropped = resample_tensor(cropped, size, interpolation)
     return normalize_tensor(cropped, normalization), start, stop
 
 
@@ -443,11 +509,11 @@ class PreprocessedCase:
 
     Attributes:
         case_id: the case name.
-        image: ``(h, w, d, C)`` float32, cropped and normalised.
+        image: ``(h, w, d, C)`` float32, cropped, resampled and normalised.
         classes: ``(h, w, d)`` uint8 training classes, or ``None``.
-        box: where the crop sits in the original ``(H, W, D)`` grid.
-        affine: ``(4, 4)`` of the original grid.
-        spacing: ``(3,)`` voxel size in mm.
+        box: where the crop sits in the reoriented ``(H, W, D)`` grid (before resampling).
+        affine: ``(4, 4)`` of the reoriented grid.
+        spacing: ``(3,)`` voxel size in mm of the reoriented grid.
     """
 
     case_id: str
@@ -458,28 +524,83 @@ class PreprocessedCase:
     spacing: Tuple[float, float, float]
 
 
+_preprocess_volume_spaced_graph = {}
+
+
+def _preprocess_image(image: np.ndarray, spacing, config: PreprocessingConfig):
+    """`preprocess_volume` on NumPy through a ``tf.function`` (compiled once per channel
+    count and settings; the spacing is an input, so no retracing per case)."""
+    margin = tuple(config.crop_margin) if config.crop_to_nonzero else None
+    target = config.resampling
+    if target is None:
+        return _preprocess_volume_graph(tf.convert_to_tensor(image), config.normalization, margin)
+    key = (image.shape[-1], config.normalization, margin, target, config.image_interpolation)
+    if key not in _preprocess_volume_spaced_graph:
+        _preprocess_volume_spaced_graph[key] = tf.function(
+            lambda v, s: preprocess_volume(v, config.normalization, margin, s, target,
+                                           config.image_interpolation),
+            input_signature=[tf.TensorSpec([None, None, None, image.shape[-1]], tf.float32),
+                             tf.TensorSpec([3], tf.float64)], autograph=False)
+    return _preprocess_volume_spaced_graph[key](tf.convert_to_tensor(image),
+                                                tf.constant(spacing, tf.float64))
+
+
 def preprocess_case(loaded, config: PreprocessingConfig) -> PreprocessedCase:
-    """Crop, normalise and map labels of a validated `LoadedCase`.
+    """Reorient, crop, resample, normalise and map labels of a validated `LoadedCase`.
 
     ``loaded.image (H, W, D, C)`` -> ``image (h, w, d, C)`` float32 and
-    ``classes (h, w, d)`` uint8 (via `missu_keras.labels`; BraTS 4 -> 3).
-    The case's channels must be ``config.modalities``, in that order.
+    ``classes (h, w, d)`` uint8 (via `missu_keras.labels`; BraTS 4 -> 3; resampled with
+    nearest neighbour onto the image's grid). The case's channels must be
+    ``config.modalities``, in that order.
     """
     if tuple(loaded.channel_names) != tuple(config.modalities):
         raise ValueError(
             f"case {loaded.case_id!r}: channel order mismatch: expected {list(config.modalities)} "
             f"(preprocessing config), found {list(loaded.channel_names)}"
         )
-    image, start, stop = _preprocess_volume_graph(
-        tf.convert_to_tensor(np.asarray(loaded.image, np.float32)), config.normalization,
-        tuple(config.crop_margin) if config.crop_to_nonzero else None)
-    box = CropBox(tuple(int(v) for v in start.numpy()), tuple(int(v) for v in stop.numpy()),
-                  tuple(int(s) for s in loaded.image.shape[:3]))
+    image, labels, affine = np.asarray(loaded.image, np.float32), loaded.labels, np.asarray(loaded.affine)
+    if config.orientation is not None:
+        moved = reorient(image, affine, config.orientation)
+        image, affine = np.ascontiguousarray(moved.array), moved.affine
+        if labels is not None:
+            labels = np.ascontiguousarray(reorient(labels, loaded.affine, config.orientation).array)
+    spacing, grid = voxel_spacing(affine), tuple(int(s) for s in image.shape[:3])
+    image, start, stop = _preprocess_image(image, spacing, config)
+    box = CropBox(tuple(int(v) for v in start.numpy()), tuple(int(v) for v in stop.numpy()), grid)
     image = image.numpy()
     classes = None
-    if loaded.labels is not None:
-        classes = config.convention.to_classes(crop(loaded.labels, box), source=f"case {loaded.case_id!r} labels")
-    return PreprocessedCase(loaded.case_id, image, classes, box, np.asarray(loaded.affine), tuple(loaded.spacing))
+    if labels is not None:
+        classes = config.convention.to_classes(crop(labels, box), source=f"case {loaded.case_id!r} labels")
+        if classes.shape != image.shape[:3]:
+            classes = resample(classes, None, None, "nearest", size=image.shape[:3])
+    return PreprocessedCase(loaded.case_id, image, classes, box, affine, spacing)
+
+
+def case_affine(case) -> np.ndarray:
+    """The voxel-to-world affine of a found case, from its reference NIfTI's header when it
+    has one (no voxels read), else from the loaded case."""
+    reference = getattr(case, "reference_path", None)
+    if reference is not None:
+        return read_nifti_header(reference)[1]
+    return np.asarray(case.load().affine)
+
+
+def with_median_spacing(config: PreprocessingConfig, cases) -> PreprocessingConfig:
+    """``config`` with ``target_spacing="median"`` replaced by the median voxel spacing
+    per axis of ``cases`` in the contract's orientation (nnU-Net's rule); any other
+    config is returned as it is. The training run calls this once it has found its cases,
+    so the model stores the number, not the word."""
+    if config.target_spacing != MEDIAN:
+        return config
+    if not cases:
+        raise ValueError("target_spacing='median' needs at least one training case")
+    spacings = []
+    for case in cases:
+        affine = case_affine(case)
+        if config.orientation is not None:
+            affine = reorient(np.zeros((1, 1, 1)), affine, config.orientation).affine
+        spacings.append(voxel_spacing(affine))
+    return dataclasses.replace(config, target_spacing=median_spacing(spacings))
 
 
 def restore_labels(classes: np.ndarray, box: CropBox, label_convention) -> np.ndarray:

@@ -1,8 +1,10 @@
 """The case pipeline, written once in TensorFlow: raw scan -> labels on its own grid.
 
 ``segment_volume`` runs the preprocessing contract (`missu_keras.data.preprocessing`:
-crop to the non-zero box plus margin, normalisation), the sliding window of a
-`SlidingWindowInferer`, argmax, the label map and the uncrop, all in TensorFlow ops, in
+crop to the non-zero box plus margin, resampling to the contract's target spacing when
+the voxel spacing is given, normalisation), the sliding window of a
+`SlidingWindowInferer`, the probabilities resampled back to the crop box's grid, argmax,
+the label map and the uncrop, all in TensorFlow ops, in
 three parts (`prepare_volume`, ``inferer.sliding_window``, `finish_volume`): the
 SavedModel's ``segment_volume`` signature (`missu_keras.export`) runs them in one graph,
 `missu_keras.inference.Segmenter` (``predict``, ``evaluate``, the demo) as three
@@ -38,6 +40,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from missu_keras.data.geometry import resample_tensor, target_shape
 from missu_keras.data.preprocessing import PreprocessingConfig, preprocess_volume
 from missu_keras.inference.sliding_window import (SlidingWindowInferer, ensure_finite,
                                                   probabilities_of)
@@ -75,7 +78,7 @@ def segment_patches(image, predictor: Callable, label_convention, what: str = "i
 def segment_volume(volume, predictor: Callable, preprocessing,
                    inferer: SlidingWindowInferer, num_classes: Optional[int] = None,
                    return_probabilities: bool = False, pad_to_multiple: bool = False,
-                   what: str = "volume"):
+                   what: str = "volume", spacing=None):
     """One raw scan -> dataset labels on its own grid, in TensorFlow (graph-safe):
     `prepare_volume`, the sliding window (``inferer.sliding_window``), `finish_volume`.
 
@@ -91,6 +94,11 @@ def segment_volume(volume, predictor: Callable, preprocessing,
         pad_to_multiple: pad the cropped volume at its end to a multiple of
             ``preprocessing.pad_multiple`` first (as whole-volume validation does).
         what: the input's name in the error message.
+        spacing: the volume's voxel size in mm ``(3,)``; with a contract that has a
+            ``target_spacing`` the crop box is resampled to it and the probabilities
+            back. ``None``: the volume is taken to be at the contract's spacing. The
+            volume must already be in the contract's ``orientation`` (reorienting is
+            exact and done outside the graph: `missu_keras.data.geometry.reorient`).
 
     Returns:
         ``{"labels": int32 (H, W, D)}`` (background outside the crop box), plus
@@ -98,35 +106,47 @@ def segment_volume(volume, predictor: Callable, preprocessing,
         when asked.
     """
     prep = as_preprocessing_config(preprocessing)
-    image, start, stop = prepare_volume(volume, prep, pad_to_multiple, what)
+    image, start, stop = prepare_volume(volume, prep, pad_to_multiple, what, spacing)
     probs = inferer.sliding_window(predictor, image, num_classes)
     return finish_volume(probs, start, stop, tf.shape(volume)[:3], prep.convention,
-                         return_probabilities)
+                         return_probabilities, spacing, prep.resampling)
 
 
 @tf.autograph.experimental.do_not_convert
-def prepare_volume(volume, preprocessing, pad_to_multiple: bool = False, what: str = "volume"):
-    """First part of `segment_volume`: raw ``volume (H, W, D, C)`` -> ``(image, start,
-    stop)``: the finiteness check, the preprocessing contract
-    (`missu_keras.data.preprocessing.preprocess_volume`: crop box ``[start, stop)``,
+def prepare_volume(volume, preprocessing, pad_to_multiple: bool = False, what: str = "volume",
+                   spacing=None):
+    """First part of `segment_volume`: raw ``volume (H, W, D, C)`` (in the contract's
+    orientation) at ``spacing`` -> ``(image, start, stop)``: the finiteness check, the
+    preprocessing contract (`missu_keras.data.preprocessing.preprocess_volume`: crop box
+    ``[start, stop)``, resampling to the target spacing when ``spacing`` is given,
     normalisation) and, with ``pad_to_multiple``, zero padding at the end of each axis
     to a multiple of ``preprocessing.pad_multiple``."""
     prep = as_preprocessing_config(preprocessing)
     volume = ensure_finite(tf.cast(volume, tf.float32), what)
     image, start, stop = preprocess_volume(
-        volume, prep.normalization, prep.crop_margin if prep.crop_to_nonzero else None)
+        volume, prep.normalization, prep.crop_margin if prep.crop_to_nonzero else None,
+        spacing, prep.resampling, prep.image_interpolation)
     if pad_to_multiple and prep.pad_multiple > 1:
-        image = _pad_end(image, stop - start, prep.pad_multiple)
+        image = _pad_end(image, tf.shape(image)[:3], prep.pad_multiple)
     return image, start, stop
 
 
 @tf.autograph.experimental.do_not_convert
 def finish_volume(probs, start, stop, full_shape, label_convention,
-                  return_probabilities: bool = False):
+                  return_probabilities: bool = False, spacing=None, target_spacing=None):
     """Last part of `segment_volume`: probabilities ``(h', w', d', K)`` on the (possibly
-    end-padded) crop -> ``{"labels": int32 (H, W, D)[, "probabilities": float32
-    (H, W, D, K)]}`` on the ``full_shape`` grid, the crop box being ``[start, stop)``."""
-    probs = tf.slice(probs, [0, 0, 0, 0], tf.concat([stop - start, [-1]], 0))  # drops the padding
+    end-padded, possibly resampled) crop -> ``{"labels": int32 (H, W, D)[,
+    "probabilities": float32 (H, W, D, K)]}`` on the ``full_shape`` grid, the crop box
+    being ``[start, stop)``. With ``spacing`` and ``target_spacing`` (as given to
+    `prepare_volume`) the probabilities are resampled back to the box's grid (linear)
+    before the argmax."""
+    box = stop - start
+    grid = box
+    if spacing is not None and target_spacing is not None:
+        grid = target_shape(box, spacing, target_spacing)
+    probs = tf.slice(probs, [0, 0, 0, 0], tf.concat([grid, [-1]], 0))  # drops the padding
+    if spacing is not None and target_spacing is not None:
+        probs = resample_tensor(probs, box, "linear")
     paddings = tf.stack([start, full_shape - stop], axis=1)
     out = {"labels": tf.pad(labels_from_probabilities(probs, label_convention), paddings)}
     if return_probabilities:

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from missu_keras.data.geometry import reorient, undo_orientation, voxel_spacing
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.inference.pipeline import as_preprocessing_config, finish_volume, prepare_volume
 from missu_keras.inference.sliding_window import (SlidingWindowInferer, rebuild_with_dtype_policy,
@@ -107,6 +108,12 @@ class Segmenter:
         its labels, if any, are ignored) with `missu_keras.inference.segment_volume`'s
         three parts, each compiled once for every volume size.
 
+        The case is first reoriented to the contract's ``orientation`` (exact,
+        `missu_keras.data.geometry.reorient`) and its voxel spacing read from its affine;
+        the pipeline resamples to the contract's ``target_spacing`` and back; the labels
+        (and probabilities) are then moved back to the case's own orientation, so both
+        lie on the input's grid, voxel for voxel.
+
         Raises:
             ValueError: the case's channels are not the contract's modalities, or its
                 image holds NaN or Inf values (named with the case and its files).
@@ -119,9 +126,15 @@ class Segmenter:
                 f"{list(loaded.channel_names)}"
             )
         prepare, finish = self._compiled(return_probabilities)
-        volume = tf.convert_to_tensor(np.asarray(loaded.image, np.float32))
+        volume, affine = np.asarray(loaded.image, np.float32), np.asarray(loaded.affine)
+        moved = reorient(volume, affine, prep.orientation) if prep.orientation else None
+        if moved is not None:
+            volume, affine = np.ascontiguousarray(moved.array), moved.affine
+        grid = tf.constant(volume.shape[:3], tf.int32)
+        spacing = tf.constant(voxel_spacing(affine), tf.float64)
+        volume = tf.convert_to_tensor(volume)
         with refusing_non_finite(_describe(loaded)):
-            image, start, stop = prepare(volume)
+            image, start, stop = prepare(volume, spacing)
         # Three steps, not one graph, and no reference kept to what a step no longer
         # needs: TensorFlow's CPU memory pool (oneDNN's BFC allocator) never shrinks, and
         # a 240 x 240 x 155 case peaked 0.5 GB above the NumPy pipeline when the volume
@@ -129,9 +142,12 @@ class Segmenter:
         del volume
         probs = self.inferer.run(self.model, image)
         del image
-        out = finish(probs, start, stop, tf.constant(loaded.image.shape[:3], tf.int32))
+        out = finish(probs, start, stop, grid, spacing)
         labels = out["labels"].numpy().astype(np.uint8)
         full = out["probabilities"].numpy() if return_probabilities else None
+        if moved is not None:
+            labels = undo_orientation(labels, moved)
+            full = None if full is None else undo_orientation(full, moved)
         return Segmentation(loaded.case_id, labels, full)
 
     def _compiled(self, return_probabilities: bool):
@@ -139,14 +155,17 @@ class Segmenter:
         if return_probabilities not in self._functions:
             prep, channels = self.preprocessing, self.preprocessing.num_channels
             prepare = tf.function(
-                lambda volume: prepare_volume(volume, prep, what="image"),
-                input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)],
+                lambda volume, spacing: prepare_volume(volume, prep, what="image", spacing=spacing),
+                input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32),
+                                 tf.TensorSpec([3], tf.float64)],
                 autograph=False)
             finish = tf.function(
-                lambda probs, start, stop, full_shape: finish_volume(
-                    probs, start, stop, full_shape, prep.convention, return_probabilities),
+                lambda probs, start, stop, full_shape, spacing: finish_volume(
+                    probs, start, stop, full_shape, prep.convention, return_probabilities,
+                    spacing, prep.resampling),
                 input_signature=[tf.TensorSpec([None, None, None, prep.num_classes], tf.float32),
-                                 *[tf.TensorSpec([3], tf.int32)] * 3],
+                                 *[tf.TensorSpec([3], tf.int32)] * 3,
+                                 tf.TensorSpec([3], tf.float64)],
                 autograph=False)
             self._functions[return_probabilities] = prepare, finish
         prepare, finish = self._functions[return_probabilities]

@@ -20,7 +20,7 @@ from missu_keras.config import int_or_triple
 from missu_keras.data.cache import build_cache
 from missu_keras.data.datasets import dataset_of_layout, detect_layout, find_cases
 from missu_keras.data.pipeline import make_training_dataset
-from missu_keras.data.preprocessing import PreprocessingConfig
+from missu_keras.data.preprocessing import PreprocessingConfig, with_median_spacing
 from missu_keras.distribute import choose_strategy, is_chief, worker_tag
 from missu_keras.files import prepare_output_dir, write_json_atomic
 from missu_keras.metrics import region_dice_metrics
@@ -114,7 +114,8 @@ def _prepare_data(config: TrainConfig, patch, cache_tag: str, say) -> _Data:
     """Finds the cases, preprocesses them into the cache, splits them."""
     layout, cases = _find(config.data, config)
     val_cases = _find(config.val_data, config)[1] if config.val_data else []
-    preprocessing = _preprocessing(layout, cases, patch)
+    # target_spacing "median" becomes the training cases' median (stored with the model).
+    preprocessing = with_median_spacing(_preprocessing(layout, cases, patch), cases)
     cache_dir = Path(config.cache_dir) if config.cache_dir else Path(config.out) / "cache"
     if cache_tag:
         cache_dir = cache_dir.with_name(f"{cache_dir.name}-{cache_tag}")

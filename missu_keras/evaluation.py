@@ -159,8 +159,8 @@ def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequ
         for k, folder in models.items():
             if k:
                 segmenter = load_segmenter(str(folder), **segmenter_kwargs)
-            log(f"fold {k} ({folder}): {len(splits[k]['val'])} validation cases")
             fold_cases = [c for c in cases if c.case_id in set(splits[k]["val"])]
+            log(f"fold {k} ({folder}): {len(fold_cases)} validation cases")
             fold_rows, fold_skipped = _score_cases(segmenter, fold_cases, out, save_predictions,
                                                    skip_invalid, log)
             rows += [{"case": r["case"], "fold": k, **r} for r in fold_rows]

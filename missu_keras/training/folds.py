@@ -28,10 +28,10 @@ True
 
 from __future__ import annotations
 
+import collections
 import json
-import re
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
@@ -41,7 +41,6 @@ from missu_keras.weights.preset_io import find_run_checkpoint
 SPLITS_FILE = "splits.json"
 # nnU-Net v2's seed for its 5-fold split (nnunetv2 crossval_split.generate_crossval_split).
 SPLIT_SEED = 12345
-_FOLD_FOLDER = re.compile(r"^fold_(\d+)$")
 
 
 def make_splits(case_ids: Iterable[str], folds: int = 5, seed: int = SPLIT_SEED) -> List[Dict[str, List[str]]]:
@@ -56,7 +55,7 @@ def make_splits(case_ids: Iterable[str], folds: int = 5, seed: int = SPLIT_SEED)
         ``[{"train": [...], "val": [...]}, ...]``, one per fold, each list sorted.
     """
     ids = sorted(str(c) for c in case_ids)
-    duplicates = sorted({c for c in ids if ids.count(c) > 1})
+    duplicates = sorted(c for c, n in collections.Counter(ids).items() if n > 1)
     if duplicates:
         raise ValueError(f"case IDs must be distinct to be split into folds; repeated: {duplicates}")
     if int(folds) < 2 or int(folds) > len(ids):
@@ -141,20 +140,17 @@ def is_cross_validation_run(folder) -> bool:
 
 
 def fold_models(run, require_all: bool = False) -> Dict[int, Path]:
-    """``{fold: fold folder}`` of the folds of ``run`` that hold a trained model (a
-    checkpoint), in fold order.
+    """``{fold: fold folder}`` of the folds of ``run`` (those ``splits.json`` lists)
+    that hold a trained model (a checkpoint), in fold order.
 
-    With ``require_all``, every fold ``splits.json`` lists must have one, else a
-    ``FileNotFoundError`` naming each missing fold model.
+    With ``require_all``, every fold must have one, else a ``FileNotFoundError`` naming
+    each missing fold model; without, at least one must.
     """
     run = Path(run)
     folds = len(read_splits(run / SPLITS_FILE))
-    present = {}
-    for path in sorted(run.iterdir()) if run.is_dir() else []:
-        match = _FOLD_FOLDER.match(path.name)
-        if match and path.is_dir() and find_run_checkpoint(path) is not None:
-            present[int(match.group(1))] = path
-    missing = [str(fold_folder(run, k)) for k in range(folds) if k not in present]
+    present = {k: fold_folder(run, k) for k in range(folds)
+               if find_run_checkpoint(fold_folder(run, k)) is not None}
+    missing = missing_folds(run, present)
     if missing and require_all:
         raise FileNotFoundError(
             f"{run}: {len(missing)} of {folds} fold models missing: {', '.join(missing)} (each "
@@ -162,18 +158,10 @@ def fold_models(run, require_all: bool = False) -> Dict[int, Path]:
     if not present:
         raise FileNotFoundError(f"{run}: no fold holds a trained model yet (expected "
                                 "fold_N/checkpoints/best.keras or last.keras)")
-    return dict(sorted(present.items()))
+    return present
 
 
 def missing_folds(run, found: Dict[int, Path]) -> List[str]:
     """The fold folders of ``run`` (by ``splits.json``) not in ``found``."""
     folds = len(read_splits(Path(run) / SPLITS_FILE))
     return [str(fold_folder(run, k)) for k in range(folds) if k not in found]
-
-
-def validation_fold(splits: Sequence[Dict[str, List[str]]], case_id: str) -> Optional[int]:
-    """The fold whose validation set holds ``case_id`` (``None`` when none does)."""
-    for k, split in enumerate(splits):
-        if case_id in split["val"]:
-            return k
-    return None

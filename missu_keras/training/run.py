@@ -125,7 +125,7 @@ def _prepare_data(config: TrainConfig, patch, cache_tag: str, say) -> _Data:
     labelled = [c for c in cases + val_cases if c.has_seg]
     if not labelled:
         raise FileNotFoundError(f"{config.data}: no case with a segmentation to train on")
-    fold = _fold_split(config, labelled)  # before the cache: a stale splits.json fails at once
+    fold_split = _fold_split(config, labelled)  # before the cache: a stale splits.json fails at once
     say(f"preprocessing {len(labelled)} cases into {cache_dir}")
     cache = build_cache(labelled, cache_dir, preprocessing, workers=config.workers,
                         skip_invalid=config.skip_invalid,
@@ -134,8 +134,8 @@ def _prepare_data(config: TrainConfig, patch, cache_tag: str, say) -> _Data:
     if config.val_data:
         val_ids = [c.case_id for c in val_cases if c.case_id in available]
         train_ids = [c.case_id for c in cases if c.case_id in available]
-    elif fold is not None:
-        train_ids, val_ids = ([i for i in fold[part] if i in available] for part in ("train", "val"))
+    elif fold_split is not None:
+        train_ids, val_ids = ([i for i in fold_split[part] if i in available] for part in ("train", "val"))
     else:
         train_ids, val_ids = _split([c.case_id for c in cases if c.case_id in available],
                                     config.val_fraction, config.seed)

@@ -2,10 +2,15 @@
 summary, with the same sliding window as ``predict`` and the same metrics and files as
 ``missu-keras score`` (``cases.csv``, ``summary.json`` shaped ``{region: {metric: {mean,
 std, median}}}``, ``convention.txt``).
+
+On a cross-validation run (``train --folds``), `evaluate_folds` scores the out-of-fold
+predictions: each fold's model segments the validation cases of its own split, and one
+summary covers every case once.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,6 +24,7 @@ from missu_keras.metrics import CONVENTION, format_summary_table, score_case, su
 from missu_keras.prediction import (find_cases, load_segmenter, reference_geometry,
                                     warn_empty_modalities)
 from missu_keras.scoring import SCORE_FILES
+from missu_keras.training.folds import SPLITS_FILE, fold_models, is_cross_validation_run, read_splits
 
 
 def evaluate(model, data, out, weights="published", layout: str = "auto",
@@ -27,7 +33,9 @@ def evaluate(model, data, out, weights="published", layout: str = "auto",
     """Segments every labelled case under ``data`` and scores it against its ground truth.
 
     Args:
-        model, weights: see `missu_keras.prediction.load_segmenter`.
+        model, weights: see `missu_keras.prediction.load_segmenter`; a
+            cross-validation run folder (``train --folds``) is scored out of fold
+            (`evaluate_folds`).
         data: a folder of cases (any layout of `missu_keras.data.datasets`); a ground
             truth in another convention with the same classes (Decathlon Task01 for a
             BraTS model) is scored in the model's convention and regions.
@@ -45,6 +53,10 @@ def evaluate(model, data, out, weights="published", layout: str = "auto",
     Returns:
         ``(rows, summary)``: the per-case score dicts and `missu_keras.metrics.summarize`.
     """
+    if isinstance(model, (str, os.PathLike)) and is_cross_validation_run(model):
+        return evaluate_folds(model, data, out, layout=layout, case_ids=case_ids,
+                              save_predictions=save_predictions, skip_invalid=skip_invalid,
+                              overwrite=overwrite, log=log, **segmenter_kwargs)
     with output_folder(out, "--out") as out:
         if not overwrite:
             refuse_existing(out / name for name in SCORE_FILES)
@@ -115,3 +127,86 @@ def _labelled_cases(data, preprocessing, layout: str, case_ids: Optional[Sequenc
     if not cases:
         raise FileNotFoundError(f"{data}: no case with a ground-truth segmentation to evaluate")
     return cases
+
+
+def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequence[str]] = None,
+                   save_predictions: bool = False, skip_invalid: bool = False,
+                   overwrite: bool = False, log=print, **segmenter_kwargs):
+    """Cross-validation summary of a ``train --folds`` run: every fold's model segments
+    the validation cases of its split (``run/splits.json``), the out-of-fold predictions
+    are scored, and one set of files is written as by `evaluate`: ``cases.csv`` (one row
+    per case, its ``fold`` second), ``summary.json`` (over every case; plus ``"folds"``:
+    each fold's own summary) and ``convention.txt``.
+
+    Args:
+        run: the cross-validation run folder (``splits.json``, ``fold_N/``); a missing
+            fold model is an error naming it, raised before any work.
+        data: the folder of labelled cases the run was trained on (each case of the
+            splits must be there; cases no fold validates on are named in the log and
+            left out).
+        out, layout, save_predictions, skip_invalid, overwrite, **segmenter_kwargs: as
+            for `evaluate`.
+        case_ids: only these cases (default: every case of the splits).
+
+    Returns:
+        ``(rows, summary)`` as `evaluate` (the summary over every case).
+    """
+    splits = read_splits(os.path.join(run, SPLITS_FILE))
+    models = fold_models(run, require_all=True)
+    with output_folder(out, "--out") as out:
+        wanted = _validation_cases(splits, case_ids)
+        if not overwrite:
+            refuse_existing([out / name for name in SCORE_FILES]
+                            + [out / "predictions" / f"{c}.nii.gz" for c in wanted if save_predictions])
+        segmenter = load_segmenter(str(models[0]), **segmenter_kwargs)
+        cases = _fold_cases(data, segmenter.preprocessing, layout, splits, wanted, log)
+        if save_predictions:
+            prepare_output_dir(out / "predictions", "--out/predictions")
+        rows, skipped, by_fold = [], [], {}
+        for k, folder in models.items():
+            if k:
+                segmenter = load_segmenter(str(folder), **segmenter_kwargs)
+            fold_cases = [c for c in cases if c.case_id in set(splits[k]["val"])]
+            log(f"fold {k} ({folder}): {len(fold_cases)} validation cases")
+            fold_rows, fold_skipped = _score_cases(segmenter, fold_cases, out, save_predictions,
+                                                   skip_invalid, log)
+            rows += [{"case": r["case"], "fold": k, **r} for r in fold_rows]
+            skipped += fold_skipped
+            if fold_rows:
+                by_fold[str(k)] = summarize(fold_rows)
+        if not rows:
+            raise ValueError(f"every case under {data} failed validation: {skipped}")
+        summary = summarize(rows)
+        paths = write_scores(out, rows, summary)
+        write_json_atomic(paths["summary"], {**summary, "folds": by_fold,
+                                             **({"skipped": skipped} if skipped else {})})
+    log(f"cross-validation over {len(models)} folds, {len(rows)} cases (out-of-fold):")
+    log(format_summary_table(summary))
+    log(CONVENTION)
+    log(f"wrote {paths['cases']}, {paths['summary']}")
+    return rows, summary
+
+
+def _validation_cases(splits, case_ids: Optional[Sequence[str]]) -> list:
+    """The validation cases of every fold (only ``case_ids`` when given; each must be one)."""
+    every = [c for s in splits for c in s["val"]]
+    if case_ids is None:
+        return every
+    unknown = sorted(set(case_ids) - set(every))
+    if unknown:
+        raise ValueError(f"cases {unknown} are in no fold's validation set of the splits")
+    return [c for c in every if c in set(case_ids)]
+
+
+def _fold_cases(data, preprocessing, layout: str, splits, wanted: Sequence[str], log):
+    """The labelled cases under ``data`` named in ``wanted`` (every one must be there);
+    cases no fold validates on are named in the log and left out."""
+    found = [c for c in find_cases([data], preprocessing, layout=layout) if c.has_seg]
+    missing = sorted(set(wanted) - {c.case_id for c in found})
+    if missing:
+        raise ValueError(f"cases {missing} of the cross-validation splits not found (with a "
+                         f"segmentation) under {data}; expected the data the folds were trained on")
+    extra = sorted({c.case_id for c in found} - {c for s in splits for c in s["val"]})
+    if extra:
+        log(f"not in any fold's validation set, left out: {extra}")
+    return [c for c in found if c.case_id in set(wanted)]

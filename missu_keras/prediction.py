@@ -42,12 +42,14 @@ from missu_keras.data.msd import MsdCase, channel_name, channel_order
 from missu_keras.data.nnunet import CHANNEL_SUFFIX, NnunetCase
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.files import output_folder, refuse_existing
+from missu_keras.inference.ensemble import SegmenterEnsemble
 # The one inference implementation; re-exported here, where users have always found it.
 from missu_keras.inference.segmenter import (Segmentation, Segmenter,  # noqa: F401
                                              default_preprocessing)
 from missu_keras.models import MISSU
 from missu_keras.presets import list_presets
 from missu_keras.pretrained import PUBLISHED, load_missu
+from missu_keras.training.folds import fold_models, is_cross_validation_run, missing_folds
 from missu_keras.weights import preset_io
 
 logger = logging.getLogger("missu_keras.prediction")
@@ -85,7 +87,9 @@ def load_segmenter(model: Union[str, os.PathLike, keras.Model], weights=PUBLISHE
             train`` output folder (its best checkpoint, else the last); a ``.keras``
             file; a saved preset folder (`missu_keras.MISSU.save_to_preset`); or a
             preset name. Everything but a model object goes through
-            `missu_keras.MISSU.from_preset` / `missu_keras.load_pretrained`.
+            `missu_keras.MISSU.from_preset` / `missu_keras.load_pretrained`. A list of
+            these, or a cross-validation run folder (``train --folds``), gives a
+            `load_ensemble`.
         weights: as for `missu_keras.load_pretrained`: ``"published"`` (default: a
             preset name's published weights, a folder's or file's own weights; the only
             value accepted for those), or for a preset name ``None`` (random
@@ -95,6 +99,8 @@ def load_segmenter(model: Union[str, os.PathLike, keras.Model], weights=PUBLISHE
             ``$MISSU_KERAS_REGISTRY``).
         **kwargs: `Segmenter` settings (overlap, flip_tta, precision, ...).
     """
+    if isinstance(model, (list, tuple)) or _is_cross_validation_run(model):
+        return load_ensemble(model, weights, preprocessing, registry=registry, **kwargs)
     if isinstance(model, keras.Model):
         return Segmenter.from_model(model, preprocessing, **kwargs)
     ref = os.fspath(model)
@@ -110,6 +116,52 @@ def load_segmenter(model: Union[str, os.PathLike, keras.Model], weights=PUBLISHE
     if isinstance(loaded, MISSU):
         return Segmenter.from_model(loaded, preprocessing, **kwargs)
     return Segmenter(loaded, preprocessing or default_preprocessing(loaded), **kwargs)
+
+
+def _is_cross_validation_run(model) -> bool:
+    return isinstance(model, (str, os.PathLike)) and is_cross_validation_run(model)
+
+
+def _ensemble_refs(models) -> list:
+    """``models`` with each cross-validation run folder replaced by its folds that hold
+    a model (a warning names the folds without one)."""
+    refs = []
+    for model in [models] if not isinstance(models, (list, tuple)) else models:
+        if not _is_cross_validation_run(model):
+            refs.append(model)
+            continue
+        found = fold_models(model)
+        missing = missing_folds(model, found)
+        if missing:
+            logger.warning("%s: using %d fold(s); no trained model yet in %s", model, len(found),
+                           ", ".join(missing))
+        refs += [str(path) for path in found.values()]
+    return refs
+
+
+def load_ensemble(models, weights=PUBLISHED, preprocessing=None, *, registry: Optional[str] = None,
+                  **kwargs):
+    """Several models as one segmenter (`missu_keras.inference.SegmenterEnsemble`: their
+    probabilities averaged with equal weights, the labels the argmax of the average).
+
+    Args:
+        models: a list of what `load_segmenter` takes; a cross-validation run folder
+            (``train --folds``, alone or in the list) stands for all its folds that hold
+            a trained model. One model in all gives a plain `Segmenter`.
+        weights, preprocessing, registry, **kwargs: as for `load_segmenter`, for every
+            member.
+
+    Members whose preprocessing contracts differ are refused, naming the field.
+    """
+    refs = _ensemble_refs(models)
+    if not refs:
+        raise ValueError("no model given: pass at least one --model")
+    members = [load_segmenter(ref, weights, preprocessing, registry=registry, **kwargs) for ref in refs]
+    if len(members) == 1:
+        return members[0]
+    names = [os.fspath(ref) if isinstance(ref, (str, os.PathLike)) else f"model {i}"
+             for i, ref in enumerate(refs)]
+    return SegmenterEnsemble(members, names)
 
 
 # ------------------------------------------------------------------- case discovery --
@@ -348,7 +400,8 @@ def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwri
             order, matched to the model's modalities by their names (``_flair``,
             ``_t1ce``, ``_t1``, ``_t2``, ``-t2f``, ...; a ``_seg`` file is refused).
         out: output folder, created and checked for writability before anything else.
-        model, weights: see `load_segmenter`.
+        model, weights: see `load_segmenter` (several models or a cross-validation run
+            folder: their probabilities averaged, `load_ensemble`).
         layout: BraTS layout (``"auto"``, ``"2019"`` ... ``"2023"``) or ``"chaos"``.
         overwrite: replace existing outputs (by default an existing output is an error,
             raised before anything is computed).

@@ -53,10 +53,18 @@ def int_or_triple_arg(values):
     return values[0] if len(values) == 1 else list(values)
 
 
-def add_inference_arguments(parser) -> None:
-    """Flags shared by ``predict`` and ``evaluate``."""
-    parser.add_argument("--model", required=True,
-                        help="a train output folder, a .keras file, a saved preset folder or a preset name")
+def add_inference_arguments(parser, several_models: bool = False) -> None:
+    """Flags shared by ``predict`` and ``evaluate`` (``several_models``: ``--model`` may
+    repeat, a list)."""
+    if several_models:
+        parser.add_argument("--model", required=True, action="append",
+                            help="a train output folder, a .keras file, a saved preset folder or a "
+                                 "preset name; repeat it, or give a cross-validation run folder "
+                                 "(train --folds), to average the models' probabilities")
+    else:
+        parser.add_argument("--model", required=True,
+                            help="a train output folder (a cross-validation run: scored out of "
+                                 "fold), a .keras file, a saved preset folder or a preset name")
     parser.add_argument("--weights", default="published",
                         help="weights for a preset name: 'published' (default), 'none' (random), or a "
                              "file (see load_pretrained)")

@@ -11,7 +11,9 @@ def register(subparsers):
         "evaluate", help="segment labelled cases and score them (Dice, HD95, ...)",
         description="Segments every case with a ground truth under DATA and writes cases.csv, "
                     "summary.json and convention.txt to --out (checked before any work; "
-                    "earlier results are refused unless --overwrite).")
+                    "earlier results are refused unless --overwrite). With --model a "
+                    "cross-validation run folder (train --folds), each fold segments its own "
+                    "validation cases and one summary covers them all.")
     p.add_argument("data", help="folder of labelled cases (BraTS or CHAOS)")
     p.add_argument("--out", required=True, help="output folder")
     add_inference_arguments(p)

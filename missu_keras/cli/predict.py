@@ -12,11 +12,12 @@ def register(subparsers):
         description="Segments one case folder, a folder of cases, or one case given as NIfTI "
                     "files (in any order: matched to the model's modalities by their names, "
                     "_flair/_t1ce/_t1/_t2 or -t2f/-t1c/-t1n/-t2w, or by --modalities), and "
-                    "writes <case>.nii.gz per case. --out is checked before any work; existing "
-                    "outputs are refused unless --overwrite.")
+                    "writes <case>.nii.gz per case. Several --model (or a cross-validation run "
+                    "folder, train --folds) average their probabilities. --out is checked before "
+                    "any work; existing outputs are refused unless --overwrite.")
     p.add_argument("inputs", nargs="+", help="case folder, folder of cases, or NIfTI files")
     p.add_argument("--out", required=True, help="output folder")
-    add_inference_arguments(p)
+    add_inference_arguments(p, several_models=True)
     p.add_argument("--modalities", default=None, metavar="M1,M2,...",
                    help="the modality of each listed NIfTI file, in the order given (e.g. "
                         "flair,t1ce,t1,t2), for files whose names carry none")
@@ -30,7 +31,8 @@ def run(args) -> int:
     from missu_keras.prediction import predict  # loads TensorFlow: at run time, not for --help
 
     modalities = args.modalities.split(",") if args.modalities else None
-    predict(args.inputs, args.out, args.model, weights=weights_argument(args.weights), layout=args.layout,
+    model = args.model[0] if len(args.model) == 1 else args.model  # one --model: as it always was
+    predict(args.inputs, args.out, model, weights=weights_argument(args.weights), layout=args.layout,
             overwrite=args.overwrite, save_probabilities=args.probabilities, modalities=modalities,
             **segmenter_kwargs(args))
     return 0

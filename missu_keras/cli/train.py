@@ -24,6 +24,9 @@ _HELP = {
     "layout": " | ".join(LAYOUTS),
     "learning_rate": "peak of the poly schedule (the paper: 4e-4)",
     "save_preset": "also save the final model as a preset folder",
+    "folds": "cross-validation: split the cases into FOLDS folds (OUT/splits.json, nnU-Net's "
+             "rule); needs --fold; not with --val-data / --val-fraction",
+    "fold": "the fold to train (0 ... FOLDS-1) into OUT/fold_FOLD/; one command per fold",
 }
 
 

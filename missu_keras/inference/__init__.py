@@ -10,11 +10,14 @@
   NaN / Inf input in the graph.
 - `segmenter`: `Segmenter` (a model and its preprocessing contract; loaded case ->
   `Segmentation`), used by ``predict``, ``evaluate`` and the demo.
+- `ensemble`: `SegmenterEnsemble` (several segmenters, e.g. cross-validation folds:
+  their probabilities averaged), used by ``predict --model A --model B``.
 
 ``missu_keras.export`` builds both SavedModel signatures from `pipeline`; the validation
 callback of ``train`` runs `SlidingWindowInferer` on cached, preprocessed cases.
 """
 
+from missu_keras.inference.ensemble import SegmenterEnsemble, check_same_contract
 from missu_keras.inference.pipeline import (as_preprocessing_config, finish_volume,
                                             labels_from_probabilities, prepare_volume,
                                             segment_patches, segment_volume)
@@ -36,8 +39,10 @@ __all__ = [
     "PRECISIONS",
     "Segmentation",
     "Segmenter",
+    "SegmenterEnsemble",
     "SlidingWindowInferer",
     "as_preprocessing_config",
+    "check_same_contract",
     "default_preprocessing",
     "ensure_finite",
     "finish_volume",

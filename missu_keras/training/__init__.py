@@ -5,6 +5,7 @@
   checkpoints (all written atomically), the test hook `pause_for_test`;
 - `backup`: the per-epoch backups a killed run resumes from;
 - `run`: `train`, in stages (data, model, run folder, callbacks, fit).
+- `folds`: cross-validation: the split by case ID (``splits.json``) and the fold folders.
 
 One run = one output folder::
 
@@ -39,6 +40,12 @@ restarts ``epoch x steps x batch`` samples in); ``log.csv`` is cut back to the e
 the backup covers. On CPU with a fixed seed the resumed run's ``log.csv`` equals an
 uninterrupted run's, bit for bit, dropout on. A finished run started again does nothing.
 
+Cross-validation (`folds`): ``train(..., folds=K, fold=k)`` (``--folds K --fold k``)
+writes ``OUT/splits.json`` (made once, then only read and checked against the data),
+trains fold k into ``OUT/fold_k/`` (a run folder as above, resumed on its own) and
+shares ``OUT/cache/`` between the folds; `missu_keras.evaluation.evaluate` on ``OUT``
+scores the out-of-fold predictions, ``predict --model OUT`` averages the folds.
+
 The run is identified by content: the folder may move, and paths may be written
 relative or with a trailing ``/``; a different configuration, model or data (by the
 fingerprint, naming the cases that differ) in the same folder is refused. The output
@@ -68,6 +75,12 @@ _EXPORTS = {
     "LAYOUTS": "missu_keras.training.config",
     "PRECISIONS": "missu_keras.training.config",
     "TrainConfig": "missu_keras.training.config",
+    "SPLITS_FILE": "missu_keras.training.folds",
+    "fold_models": "missu_keras.training.folds",
+    "fold_splits": "missu_keras.training.folds",
+    "is_cross_validation_run": "missu_keras.training.folds",
+    "make_splits": "missu_keras.training.folds",
+    "read_splits": "missu_keras.training.folds",
     "load_train_config": "missu_keras.training.config",
     "TrainResult": "missu_keras.training.run",
     "resolve_precision": "missu_keras.training.run",

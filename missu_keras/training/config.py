@@ -55,6 +55,11 @@ class TrainConfig(StrictConfig):
             (`missu_keras.save_preset`).
         verbose: ``fit`` verbosity (``"auto"``, 0, 1, 2).
         model: other `missu_keras.MISSUConfig` overrides, e.g. ``{"embed_dim": 256}``.
+        folds, fold: cross-validation (`missu_keras.training.folds`): train fold ``fold``
+            (0 ... ``folds`` - 1) of a ``folds``-fold split of ``data`` into
+            ``out/fold_<fold>/``, the split in ``out/splits.json`` and the cache in
+            ``out/cache`` shared by the folds. Both or neither; not with ``val_data``
+            or ``val_fraction`` (each fold validates on its own cases).
     """
 
     data: Optional[str] = None
@@ -83,6 +88,9 @@ class TrainConfig(StrictConfig):
     save_preset: Optional[str] = None
     verbose: Union[int, str] = "auto"
     model: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Cross-validation (checked by _validate_folds).
+    folds: Optional[int] = None
+    fold: Optional[int] = None
 
     SETTINGS_NAME = "training settings"
 
@@ -113,6 +121,28 @@ class TrainConfig(StrictConfig):
             raise ValueError(f"overlap must be in [0, 1). Received: overlap={self.overlap!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate!r}")
+        _validate_folds(self)
+
+
+def _validate_folds(config: TrainConfig) -> None:
+    """``folds`` and ``fold`` together, in range, and without the other validation
+    settings (a fold's validation cases are its split's)."""
+    if config.folds is None and config.fold is None:
+        return
+    if config.folds is None or config.fold is None:
+        raise ValueError(
+            "folds and fold go together: --folds K --fold N trains fold N (0 ... K-1) of a K-fold "
+            f"cross-validation (one command per fold). Received: folds={config.folds!r}, "
+            f"fold={config.fold!r}")
+    if config.folds < 2 or not 0 <= config.fold < config.folds:
+        raise ValueError(f"folds must be >= 2 and fold in 0 ... folds-1. Received: "
+                         f"folds={config.folds!r}, fold={config.fold!r}")
+    default_fraction = TrainConfig.__dataclass_fields__["val_fraction"].default
+    if config.val_data is not None or config.val_fraction != default_fraction:
+        raise ValueError(
+            "--folds conflicts with --val-data / --val-fraction: each fold validates on the "
+            f"cases its split holds out. Received: val_data={config.val_data!r}, "
+            f"val_fraction={config.val_fraction!r}")
 
 
 def load_train_config(path) -> Dict[str, Any]:

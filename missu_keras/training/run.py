@@ -31,6 +31,7 @@ from missu_keras.training.backup import EpochBackup, find_backup
 from missu_keras.training.callbacks import (BestCheckpoint, CSVLog, DropNaN, LastCheckpoint,
                                             LogLearningRate, SlidingWindowValidation)
 from missu_keras.training.config import RESUMABLE_CHANGES, TrainConfig
+from missu_keras.training.folds import fold_folder, fold_splits
 from missu_keras.version import __version__
 
 logger = logging.getLogger("missu_keras.training")
@@ -122,6 +123,7 @@ def _prepare_data(config: TrainConfig, patch, cache_tag: str, say) -> _Data:
     labelled = [c for c in cases + val_cases if c.has_seg]
     if not labelled:
         raise FileNotFoundError(f"{config.data}: no case with a segmentation to train on")
+    fold_split = _fold_split(config, labelled)  # before the cache: a stale splits.json fails at once
     say(f"preprocessing {len(labelled)} cases into {cache_dir}")
     cache = build_cache(labelled, cache_dir, preprocessing, workers=config.workers,
                         skip_invalid=config.skip_invalid,
@@ -130,6 +132,8 @@ def _prepare_data(config: TrainConfig, patch, cache_tag: str, say) -> _Data:
     if config.val_data:
         val_ids = [c.case_id for c in val_cases if c.case_id in available]
         train_ids = [c.case_id for c in cases if c.case_id in available]
+    elif fold_split is not None:
+        train_ids, val_ids = ([i for i in fold_split[part] if i in available] for part in ("train", "val"))
     else:
         train_ids, val_ids = _split([c.case_id for c in cases if c.case_id in available],
                                     config.val_fraction, config.seed)
@@ -137,6 +141,20 @@ def _prepare_data(config: TrainConfig, patch, cache_tag: str, say) -> _Data:
         raise ValueError(f"no training cases left after the validation split of {config.data}")
     steps = config.steps_per_epoch or max(1, math.ceil(len(train_ids) / config.batch_size))
     return _Data(cache, train_ids, val_ids, preprocessing, patch, steps)
+
+
+def _fold_split(config: TrainConfig, labelled):
+    """``{"train": [...], "val": [...]}`` of fold ``config.fold`` (``out/splits.json``,
+    made or checked by `missu_keras.training.folds.fold_splits`), or ``None`` outside a
+    cross-validation."""
+    if config.folds is None:
+        return None
+    return fold_splits(config.out, [c.case_id for c in labelled], config.folds)[config.fold]
+
+
+def run_folder(config: TrainConfig) -> Path:
+    """Where a run writes: ``out``, or ``out/fold_<fold>`` for a cross-validation fold."""
+    return fold_folder(config.out, config.fold) if config.folds is not None else Path(config.out)
 
 
 def _model_overrides(config: TrainConfig, preset: dict, data: _Data) -> Dict[str, Any]:
@@ -237,7 +255,7 @@ def _open_run_folder(config: TrainConfig, data: _Data, model: MISSU, precision: 
                      say, warn) -> tuple:
     """Checks that ``out`` holds no other run, writes ``config.json`` and ``split.json``
     (chief only) and returns ``(folders, the backup to resume from or None)``."""
-    out, tag = Path(config.out), worker_tag(strategy)
+    out, tag = run_folder(config), worker_tag(strategy)
     stored = {"train": _resolved_paths(config.to_dict()), "model": model.config.to_dict(),
               "preprocessing": data.preprocessing.to_dict(), "precision": precision,
               "steps_per_epoch": data.steps, "version": __version__,
@@ -309,6 +327,9 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
     Returns:
         A `TrainResult`.
 
+    With ``folds=K, fold=k`` it trains fold k of a K-fold cross-validation into
+    ``out/fold_k/`` (`missu_keras.training.folds`; one call per fold, each resumable).
+
     Example (a few steps on generated data; ``missu-keras demo`` does it in full):
 
     >>> import tempfile
@@ -325,7 +346,7 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
     config = TrainConfig.from_dict({**base, **settings})
     say = log or (lambda *a, **k: None)
     warn = log or logger.warning
-    prepare_output_dir(config.out, "--out")  # before any computation
+    prepare_output_dir(run_folder(config), "--out")  # before any computation
     strategy = strategy or choose_strategy()
     preset = get_preset_config(config.preset)
     patch = int_or_triple(config.patch_size if config.patch_size is not None else preset["image_size"],

@@ -63,7 +63,7 @@ class SegmenterEnsemble:
             total = probs if total is None else total + probs
             del probs
         mean = (total / np.float32(len(self.members))).astype(np.float32)
-        labels = labels_from_probabilities(mean, self.preprocessing.label_convention).numpy()
+        labels = labels_from_probabilities(mean, self.preprocessing.convention).numpy()
         return Segmentation(loaded.case_id, labels.astype(np.uint8),
                             mean if return_probabilities else None)
 

@@ -12,6 +12,8 @@ from missu_keras.presets import list_presets
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 LAYOUTS = ("auto", "2019", "2020", "2021", "2023", "chaos")
+# Parts of the network that fine-tuning may freeze (``--freeze``, repeatable).
+FREEZE_PARTS = ("encoder", "transformer", "msf")
 # Settings that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("verbose", "workers", "save_preset")
 
@@ -53,6 +55,25 @@ class TrainConfig(StrictConfig):
             (`missu_keras.save_preset`).
         verbose: ``fit`` verbosity (``"auto"``, 0, 1, 2).
         model: other `missu_keras.MISSUConfig` overrides, e.g. ``{"embed_dim": 256}``.
+
+    Fine-tuning (`missu_keras.training.finetune`):
+
+    Args:
+        init_weights: start a fresh run from these weights: a ``.weights.h5``, a
+            ``.keras`` file, a saved preset folder, a train output folder, a
+            PyTorch-layout ``.npz`` or a released-code ``.pth`` / ``.pt`` (what
+            `missu_keras.load_pretrained` accepts). Every layer is loaded; when the
+            number of classes differs, the classification head (the last 1x1x1
+            convolution) is re-initialised; any other shape difference is an error
+            naming the layers. A resumed run restores its backup instead, but the path
+            stays part of the run's identity (another one is refused).
+        freeze: parts not trained, any of ``"encoder"``, ``"transformer"`` (with the
+            bottleneck convolution and the position embedding), ``"msf"``.
+        head_learning_rate: peak rate of the classification head (same poly schedule);
+            default ``learning_rate``. 0 keeps the head as loaded.
+
+    Example: ``TrainConfig(data="liver", out="run", preset="chaos",
+    init_weights="brats_run", freeze=["encoder"], head_learning_rate=1e-3)``.
     """
 
     data: Optional[str] = None
@@ -81,6 +102,9 @@ class TrainConfig(StrictConfig):
     save_preset: Optional[str] = None
     verbose: Union[int, str] = "auto"
     model: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    init_weights: Optional[str] = None
+    freeze: List[str] = dataclasses.field(default_factory=list)
+    head_learning_rate: Optional[float] = None
 
     SETTINGS_NAME = "training settings"
 
@@ -111,6 +135,14 @@ class TrainConfig(StrictConfig):
             raise ValueError(f"overlap must be in [0, 1). Received: overlap={self.overlap!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate!r}")
+        self._validate_finetuning()
+
+    def _validate_finetuning(self):
+        unknown = [part for part in self.freeze if part not in FREEZE_PARTS]
+        if unknown:
+            raise ValueError(f"freeze must list parts of {FREEZE_PARTS}. Received: freeze={self.freeze!r}")
+        if self.head_learning_rate is not None and not self.head_learning_rate >= 0:
+            raise ValueError(f"head_learning_rate must be >= 0. Received: {self.head_learning_rate!r}")
 
 
 def load_train_config(path) -> Dict[str, Any]:

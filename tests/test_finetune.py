@@ -189,3 +189,12 @@ def test_command_line_flags():
         TrainConfig(data="d", out="o", freeze=["decoder"])
     with pytest.raises(ValueError, match=r"head_learning_rate must be >= 0"):
         TrainConfig(data="d", out="o", head_learning_rate=-1)
+
+
+def test_runs_written_before_fine_tuning_still_resume():
+    from missu_keras.training.run import _setting_diffs
+
+    new = TrainConfig(data="d", out="o").to_dict()
+    old = {k: v for k, v in new.items() if k not in ("init_weights", "freeze", "head_learning_rate")}
+    assert _setting_diffs(old, new) == []
+    assert _setting_diffs(old, {**new, "freeze": ["encoder"]}) == ["freeze: None -> ['encoder']"]

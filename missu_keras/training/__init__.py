@@ -4,6 +4,8 @@
 - `callbacks`: whole-case validation, TensorBoard images, the CSV log, the best and last
   checkpoints (all written atomically), the test hook `pause_for_test`;
 - `backup`: the per-epoch backups a killed run resumes from;
+- `finetune`: starting a run from existing weights (``init_weights``), ``freeze``, the
+  head's own learning rate;
 - `run`: `train`, in stages (data, model, run folder, callbacks, fit).
 
 One run = one output folder::
@@ -69,6 +71,7 @@ _EXPORTS = {
     "PRECISIONS": "missu_keras.training.config",
     "TrainConfig": "missu_keras.training.config",
     "load_train_config": "missu_keras.training.config",
+    "load_initial_weights": "missu_keras.training.finetune",
     "TrainResult": "missu_keras.training.run",
     "resolve_precision": "missu_keras.training.run",
     "train": "missu_keras.training.run",

@@ -103,7 +103,9 @@ class TrainConfig(StrictConfig):
     verbose: Union[int, str] = "auto"
     model: Dict[str, Any] = dataclasses.field(default_factory=dict)
     init_weights: Optional[str] = None
-    freeze: List[str] = dataclasses.field(default_factory=list)
+    # None (not []) by default, as every fine-tuning setting: a run folder written before
+    # these settings existed stores none of them and still resumes (`_check_resumable`).
+    freeze: Optional[List[str]] = None
     head_learning_rate: Optional[float] = None
 
     SETTINGS_NAME = "training settings"
@@ -138,7 +140,7 @@ class TrainConfig(StrictConfig):
         self._validate_finetuning()
 
     def _validate_finetuning(self):
-        unknown = [part for part in self.freeze if part not in FREEZE_PARTS]
+        unknown = [part for part in self.freeze or () if part not in FREEZE_PARTS]
         if unknown:
             raise ValueError(f"freeze must list parts of {FREEZE_PARTS}. Received: freeze={self.freeze!r}")
         if self.head_learning_rate is not None and not self.head_learning_rate >= 0:

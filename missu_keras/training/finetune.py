@@ -89,7 +89,7 @@ def run_optimizer(config, total_steps: int):
                            head_learning_rate=config.head_learning_rate, head_layers=HEAD_LAYERS)
 
 
-def freeze(backbone, parts: Sequence[str]) -> List[str]:
+def freeze(backbone, parts: Optional[Sequence[str]]) -> List[str]:
     """Sets ``trainable=False`` on the layers of ``parts`` (names of `PARTS`) in a
     `missu_keras.MISSUBackbone`; returns their names.
 
@@ -104,7 +104,7 @@ def freeze(backbone, parts: Sequence[str]) -> List[str]:
     ValueError: freeze: unknown part 'decoder'; the parts are ('encoder', 'transformer', 'msf')
     """
     frozen = []
-    for part in parts:
+    for part in parts or ():
         if part not in PARTS:
             raise ValueError(f"freeze: unknown part {part!r}; the parts are {FREEZE_PARTS}")
         found = [layer for layer in backbone.layers if isinstance(layer, PARTS[part])]

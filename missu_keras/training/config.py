@@ -55,25 +55,27 @@ class TrainConfig(StrictConfig):
             (`missu_keras.save_preset`).
         verbose: ``fit`` verbosity (``"auto"``, 0, 1, 2).
         model: other `missu_keras.MISSUConfig` overrides, e.g. ``{"embed_dim": 256}``.
-
-    Fine-tuning (`missu_keras.training.finetune`):
-
-    Args:
-        init_weights: start a fresh run from these weights: a ``.weights.h5``, a
-            ``.keras`` file, a saved preset folder, a train output folder, a
-            PyTorch-layout ``.npz`` or a released-code ``.pth`` / ``.pt`` (what
-            `missu_keras.load_pretrained` accepts). Every layer is loaded; when the
+        init_weights: fine-tuning (`missu_keras.training.finetune`): start a fresh run
+            from these weights: a ``.weights.h5``, a ``.keras`` file, a saved preset
+            folder, a train output folder, a PyTorch-layout ``.npz`` or a released-code
+            ``.pth`` / ``.pt`` (what `missu_keras.load_pretrained` accepts). Every layer is loaded; when the
             number of classes differs, the classification head (the last 1x1x1
             convolution) is re-initialised; any other shape difference is an error
             naming the layers. A resumed run restores its backup instead, but the path
             stays part of the run's identity (another one is refused).
         freeze: parts not trained, any of ``"encoder"``, ``"transformer"`` (with the
-            bottleneck convolution and the position embedding), ``"msf"``.
+            bottleneck convolution and the position embedding), ``"msf"``; their
+            dropout still acts in training.
         head_learning_rate: peak rate of the classification head (same poly schedule);
             default ``learning_rate``. 0 keeps the head as loaded.
 
-    Example: ``TrainConfig(data="liver", out="run", preset="chaos",
-    init_weights="brats_run", freeze=["encoder"], head_learning_rate=1e-3)``.
+    Fine-tuning a 2-class run from a 4-class one of the same channels (the head is
+    re-initialised, the encoder kept as loaded):
+
+    >>> config = TrainConfig(data="liver", out="run", init_weights="runs/brats",
+    ...                      freeze=["encoder"], head_learning_rate=1e-3)
+    >>> config.freeze, config.head_learning_rate
+    (['encoder'], 0.001)
     """
 
     data: Optional[str] = None

@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 
 from missu_keras.cli.common import add_set_option, int_or_triple_arg, set_options
-from missu_keras.training.config import LAYOUTS, PRECISIONS, TrainConfig, load_train_config  # light
+from missu_keras.training.config import (FREEZE_PARTS, LAYOUTS, PRECISIONS, TrainConfig,  # light
+                                         load_train_config)
 
 # Fields with a flag of another form than --name VALUE.
-_SPECIAL = ("model", "patch_size", "skip_invalid", "verbose")
+_SPECIAL = ("model", "patch_size", "skip_invalid", "verbose", "freeze")
 _HELP = {
     "data": "folder of labelled training cases",
     "out": "output folder of the run (the same command resumes it)",
@@ -27,6 +28,10 @@ _HELP = {
     "folds": "cross-validation: split the cases into FOLDS folds (OUT/splits.json, nnU-Net's "
              "rule); needs --fold; not with --val-data / --val-fraction",
     "fold": "the fold to train (0 ... FOLDS-1) into OUT/fold_FOLD/; one command per fold",
+    "init_weights": "start a fresh run from these weights (.weights.h5, .keras, preset or run "
+                    "folder, .npz, .pth); the classification head is re-initialised when the "
+                    "number of classes differs",
+    "head_learning_rate": "peak learning rate of the classification head (default: --learning-rate)",
 }
 
 
@@ -46,9 +51,15 @@ def register(subparsers):
     p.add_argument("--skip-invalid", action="store_true", default=None,
                    help="leave out cases that fail validation")
     p.add_argument("--verbose", default=None, help="fit verbosity: auto, 0, 1, 2")
+    _add_finetuning_flags(p)
     add_set_option(p)
     p.set_defaults(func=run)
     return p
+
+
+def _add_finetuning_flags(p):
+    p.add_argument("--freeze", action="append", choices=FREEZE_PARTS, default=None,
+                   help="do not train this part (repeatable): " + " | ".join(FREEZE_PARTS))
 
 
 def settings_from_args(args) -> dict:

@@ -4,6 +4,8 @@
 - `callbacks`: whole-case validation, TensorBoard images, the CSV log, the best and last
   checkpoints (all written atomically), the test hook `pause_for_test`;
 - `backup`: the per-epoch backups a killed run resumes from;
+- `finetune`: starting a run from existing weights (``init_weights``), ``freeze``, the
+  head's own learning rate;
 - `run`: `train`, in stages (data, model, run folder, callbacks, fit).
 - `folds`: cross-validation: the split by case ID (``splits.json``) and the fold folders.
 
@@ -82,6 +84,7 @@ _EXPORTS = {
     "make_splits": "missu_keras.training.folds",
     "read_splits": "missu_keras.training.folds",
     "load_train_config": "missu_keras.training.config",
+    "load_initial_weights": "missu_keras.training.finetune",
     "TrainResult": "missu_keras.training.run",
     "resolve_precision": "missu_keras.training.run",
     "train": "missu_keras.training.run",

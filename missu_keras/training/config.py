@@ -12,6 +12,8 @@ from missu_keras.data.datasets import LAYOUTS
 from missu_keras.presets import list_presets
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
+# Parts of the network that fine-tuning may freeze (``--freeze``, repeatable).
+FREEZE_PARTS = ("encoder", "transformer", "msf")
 # Settings that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("verbose", "workers", "save_preset")
 
@@ -60,6 +62,27 @@ class TrainConfig(StrictConfig):
             ``out/fold_<fold>/``, the split in ``out/splits.json`` and the cache in
             ``out/cache`` shared by the folds. Both or neither; not with ``val_data``
             or ``val_fraction`` (each fold validates on its own cases).
+        init_weights: fine-tuning (`missu_keras.training.finetune`): start a fresh run
+            from these weights: a ``.weights.h5``, a ``.keras`` file, a saved preset
+            folder, a train output folder, a PyTorch-layout ``.npz`` or a released-code
+            ``.pth`` / ``.pt`` (what `missu_keras.load_pretrained` accepts). Every layer is loaded; when the
+            number of classes differs, the classification head (the last 1x1x1
+            convolution) is re-initialised; any other shape difference is an error
+            naming the layers. A resumed run restores its backup instead, but the path
+            stays part of the run's identity (another one is refused).
+        freeze: parts not trained, any of ``"encoder"``, ``"transformer"`` (with the
+            bottleneck convolution and the position embedding), ``"msf"``; their
+            dropout still acts in training.
+        head_learning_rate: peak rate of the classification head (same poly schedule);
+            default ``learning_rate``. 0 keeps the head as loaded.
+
+    Fine-tuning a 2-class run from a 4-class one of the same channels (the head is
+    re-initialised, the encoder kept as loaded):
+
+    >>> config = TrainConfig(data="liver", out="run", init_weights="runs/brats",
+    ...                      freeze=["encoder"], head_learning_rate=1e-3)
+    >>> config.freeze, config.head_learning_rate
+    (['encoder'], 0.001)
     """
 
     data: Optional[str] = None
@@ -91,6 +114,11 @@ class TrainConfig(StrictConfig):
     # Cross-validation (checked by _validate_folds).
     folds: Optional[int] = None
     fold: Optional[int] = None
+    init_weights: Optional[str] = None
+    # None (not []) by default, as every fine-tuning setting: a run folder written before
+    # these settings existed stores none of them and still resumes (`_check_resumable`).
+    freeze: Optional[List[str]] = None
+    head_learning_rate: Optional[float] = None
 
     SETTINGS_NAME = "training settings"
 
@@ -121,7 +149,15 @@ class TrainConfig(StrictConfig):
             raise ValueError(f"overlap must be in [0, 1). Received: overlap={self.overlap!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate!r}")
+        self._validate_finetuning()
         _validate_folds(self)
+
+    def _validate_finetuning(self):
+        unknown = [part for part in self.freeze or () if part not in FREEZE_PARTS]
+        if unknown:
+            raise ValueError(f"freeze must list parts of {FREEZE_PARTS}. Received: freeze={self.freeze!r}")
+        if self.head_learning_rate is not None and not self.head_learning_rate >= 0:
+            raise ValueError(f"head_learning_rate must be >= 0. Received: {self.head_learning_rate!r}")
 
 
 def _validate_folds(config: TrainConfig) -> None:

@@ -25,8 +25,8 @@ from missu_keras.distribute import choose_strategy, is_chief, worker_tag
 from missu_keras.files import prepare_output_dir, write_json_atomic
 from missu_keras.metrics import region_dice_metrics
 from missu_keras.models import MISSU
-from missu_keras.optimizers import paper_optimizer
 from missu_keras.presets import get_preset_config
+from missu_keras.training import finetune
 from missu_keras.training.backup import EpochBackup, find_backup
 from missu_keras.training.callbacks import (BestCheckpoint, CSVLog, DropNaN, LastCheckpoint,
                                             LogLearningRate, SlidingWindowValidation)
@@ -38,6 +38,8 @@ logger = logging.getLogger("missu_keras.training")
 # Settings that name where things are, not what the run is: compared by content (the data
 # fingerprint) or not at all (the run folder itself is the run's identity; it may move).
 _PATH_SETTINGS = ("data", "val_data", "out", "cache_dir")
+# Paths that are part of the run's identity: stored and compared as absolute paths.
+_IDENTITY_PATHS = ("init_weights",)
 
 
 @dataclasses.dataclass
@@ -185,8 +187,9 @@ def _build_model(config: TrainConfig, overrides: dict, data: _Data, precision: s
     try:
         with strategy.scope():
             model = MISSU.from_preset(config.preset, preprocessing=data.preprocessing, **overrides)
+            finetune.freeze(model.backbone, config.freeze)
             model.compile(
-                optimizer=paper_optimizer(config.epochs * data.steps, learning_rate=config.learning_rate),
+                optimizer=finetune.run_optimizer(config, config.epochs * data.steps),
                 metrics=region_dice_metrics(data.preprocessing.convention),
             )
     finally:
@@ -196,7 +199,8 @@ def _build_model(config: TrainConfig, overrides: dict, data: _Data, precision: s
 
 def _resolved_paths(train: Dict[str, Any]) -> Dict[str, Any]:
     """The training settings with the path settings made absolute (as stored in config.json)."""
-    return {k: (str(Path(v).resolve()) if k in _PATH_SETTINGS and v else v) for k, v in train.items()}
+    return {k: (str(Path(v).resolve()) if k in _PATH_SETTINGS + _IDENTITY_PATHS and v else v)
+            for k, v in train.items()}
 
 
 def _setting_diffs(old_train: Dict[str, Any], new_train: Dict[str, Any]) -> List[str]:
@@ -251,6 +255,20 @@ def _remove_temporaries(folders: _Folders, say) -> None:
             f"{', '.join(str(p) for p in found)}")
 
 
+def _backup_dir(out: Path, tag: str) -> Path:
+    return out / ("backup" if not tag else f"backup-{tag}")
+
+
+def _initialise(config: TrainConfig, model: MISSU, overrides: dict, strategy, say) -> None:
+    """Loads ``init_weights`` into a fresh run's model (before ``config.json`` is written,
+    so a source that does not fit leaves no run behind); a run with a backup resumes
+    from it instead (`missu_keras.training.finetune`)."""
+    if config.init_weights and find_backup(_backup_dir(Path(config.out), worker_tag(strategy)),
+                                           lambda *a: None) is None:
+        finetune.initialise_run(model, config, overrides, say)
+    say(finetune.trainable_summary(model))
+
+
 def _open_run_folder(config: TrainConfig, data: _Data, model: MISSU, precision: str, strategy,
                      say, warn) -> tuple:
     """Checks that ``out`` holds no other run, writes ``config.json`` and ``split.json``
@@ -263,8 +281,7 @@ def _open_run_folder(config: TrainConfig, data: _Data, model: MISSU, precision: 
     stored = json.loads(json.dumps(stored))  # tuples -> lists, as read back from disk
     _check_resumable(out, stored)
     chief = is_chief(strategy)
-    folders = _Folders(out, out if chief else out / f"scratch-{tag}",
-                       out / ("backup" if not tag else f"backup-{tag}"), chief)
+    folders = _Folders(out, out if chief else out / f"scratch-{tag}", _backup_dir(out, tag), chief)
     _remove_temporaries(folders, say)
     backup = find_backup(folders.backup_dir, warn)
     if backup is not None:
@@ -355,7 +372,9 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
     # backup and scratch folder of its own (worker_tag), so nothing is written twice.
     data = _prepare_data(config, patch, worker_tag(strategy), say)
     precision = resolve_precision(config.precision)
-    model = _build_model(config, _model_overrides(config, preset, data), data, precision, strategy)
+    overrides = _model_overrides(config, preset, data)
+    model = _build_model(config, overrides, data, precision, strategy)
+    _initialise(config, model, overrides, strategy, say)
     folders, backup = _open_run_folder(config, data, model, precision, strategy, say, warn)
     initial_epoch = backup.epoch if backup is not None else 0
     dataset = _dataset(config, data, initial_epoch)

@@ -137,27 +137,35 @@ def test_pth_run_starts_from_it_freezes_and_resumes(source, data_dir, tmp_path):
 def test_weights_h5_same_loss_and_new_classes_reinitialise_only_the_head(source, tmp_path):
     h5 = tmp_path / "source.weights.h5"
     source.save_weights(h5)
+    expected = losses(source)
     target = MISSU.from_preset("tiny", **TINY)
     random_loss = losses(target)[1]
     load_initial_weights(target, h5, preset="tiny", overrides=dict(TINY))
-    assert losses(target)[1] == pytest.approx(losses(source)[1], rel=1e-5)
-    assert abs(random_loss - losses(source)[1]) > 0.05
-    # A released-code state dict (.npz) holds no MSF branch: it keeps its initialisation.
-    npz = tmp_path / "released.npz"
-    np.savez(npz, **state_dict(source.backbone))
-    transfer = load_initial_weights(target, npz, preset="tiny", overrides=dict(TINY))
-    assert transfer.not_in_source == ["msf1", "msf2", "msf_pyramid2", "msf3", "msf_pyramid3"]
-    assert losses(target)[0] == pytest.approx(losses(source)[0], rel=1e-5)
+    assert losses(target)[1] == pytest.approx(expected[1], rel=1e-5)
+    assert abs(random_loss - expected[1]) > 0.05
 
     two = MISSU.from_preset("tiny", **TINY, num_classes=2)
     head_before = two.backbone.get_layer("endconv").get_weights()
     transfer = load_initial_weights(two, h5, preset="tiny", overrides={**TINY, "num_classes": 2})
-    assert transfer.reinitialised == {"endconv": "4 -> 2 classes"}
+    assert transfer.reinitialised == {"endconv": "4 -> 2 classes"} and transfer.not_in_source == []
     loaded, original = weights(two), weights(source)
     assert set(loaded) == set(original)
     assert all(same(loaded[n], original[n]) for n in loaded if n != "endconv")
     assert [w.shape for w in loaded["endconv"]] == [(1, 1, 1, 8, 2), (2,)]
     assert same(loaded["endconv"], head_before)
+
+    # A released-code state dict (.npz) or an inference model's weights hold no MSF
+    # branch: it keeps its initialisation.
+    msf = ["msf1", "msf2", "msf_pyramid2", "msf3", "msf_pyramid3"]
+    npz = tmp_path / "released.npz"
+    np.savez(npz, **state_dict(source.backbone))
+    fresh = MISSU.from_preset("tiny", **TINY)
+    assert load_initial_weights(fresh, npz, preset="tiny", overrides=dict(TINY)).not_in_source == msf
+    assert losses(fresh)[0] == pytest.approx(expected[0], rel=1e-5)
+    inference_h5 = tmp_path / "inference.weights.h5"
+    source.inference_model().save_weights(inference_h5)
+    assert load_initial_weights(two, inference_h5, preset="tiny",
+                                overrides={**TINY, "num_classes": 2}).not_in_source == msf
 
 
 def test_shapes_that_differ_are_named(tmp_path):

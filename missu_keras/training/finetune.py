@@ -157,9 +157,11 @@ def _source_network(path: str, preset: str, overrides: dict):
                          ".keras, .npz, .pth / .pt file, a saved preset folder or a train output folder")
     overrides.update({k: int(v) for k, v in channels.items() if v is not None})
     backbone = load_missu(preset, path, registry="", overrides=overrides).backbone
-    # A released-code state dict holds no MSF weights (weights/torch_convert.py).
-    absent = set() if not is_state_dict_file(path) or backbone.config.msf_mode == "ms_output" else {
-        layer.name for layer in backbone.layers if isinstance(layer, _MSF)}
+    # A released-code state dict (weights/torch_convert.py) or the weights of an inference
+    # model hold no MSF weights (unless the MSF feeds the decoder, msf_mode="ms_output").
+    holds_msf = (backbone.config.msf_mode == "ms_output" or
+                 (path.endswith(".weights.h5") and preset_io.h5_holds_msf(path)))
+    absent = set() if holds_msf else {layer.name for layer in backbone.layers if isinstance(layer, _MSF)}
     return backbone, absent
 
 

@@ -422,6 +422,20 @@ def h5_channels(path) -> dict:
     return found
 
 
+def h5_holds_msf(path) -> bool:
+    """Whether a Keras ``.weights.h5`` holds the MSF branch: saved from a `MISSU`, not
+    from its inference model (Keras names the groups after the layer classes)."""
+    try:
+        with h5py.File(path, "r") as f:
+            for prefix in ("backbone/layers/", "layers/"):
+                group = f.get(prefix)
+                if group is not None and "init_conv" in group:
+                    return any(name.startswith("multi_scale_fusion") for name in group)
+    except (OSError, KeyError, TypeError):
+        pass
+    return False
+
+
 def check_compatible(source: str, found: dict, expected: Optional[dict]) -> None:
     """Refuses weights whose ``in_channels`` / ``num_classes`` (``found``, values may be
     ``None`` when unknown) differ from ``expected`` (``{"in_channels", "num_classes",

@@ -67,6 +67,19 @@ def test_splits_json_is_reused_and_a_changed_data_set_is_refused_naming_the_case
         fold_splits(tmp_path, ids, 1)
 
 
+def test_train_refuses_a_splits_json_that_no_longer_matches_the_data(tmp_path):
+    write_synthetic_brats(tmp_path / "data", num_cases=3, seed=0, shape=(16, 16, 16))
+    ids = sorted(c.case_id for c in find_brats_cases(tmp_path / "data"))
+    stale = make_splits(ids[:2] + ["BraTS2021_GONE"], folds=2)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "splits.json").write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match=rf"not in the data: \['BraTS2021_GONE'\].*no fold lists: \['{ids[2]}'\]"):
+        train(data=str(tmp_path / "data"), out=str(tmp_path / "run"), preset="tiny", patch_size=16,
+              folds=2, fold=0, log=None)
+    assert json.loads((tmp_path / "run" / "splits.json").read_text()) == stale  # never re-made
+    assert not (tmp_path / "run" / "cache").exists()  # refused before any preprocessing
+
+
 def test_fold_settings_are_checked(tmp_path):
     base = dict(data="d", out="o")
     assert TrainConfig.from_dict({**base, "folds": "5", "fold": "4"}).fold == 4  # flag text

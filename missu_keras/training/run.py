@@ -339,13 +339,11 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
         strategy: a ``tf.distribute`` strategy; default `choose_strategy`.
         callbacks: extra Keras callbacks (run after the built-in ones).
         log: where progress lines go (``print``; ``None`` for silence).
-        **settings: `TrainConfig` fields overriding ``config``.
+        **settings: `TrainConfig` fields overriding ``config`` (``folds=K, fold=k``: fold
+            k of a cross-validation, in ``out/fold_k/``; `missu_keras.training.folds`).
 
     Returns:
         A `TrainResult`.
-
-    With ``folds=K, fold=k`` it trains fold k of a K-fold cross-validation into
-    ``out/fold_k/`` (`missu_keras.training.folds`; one call per fold, each resumable).
 
     Example (a few steps on generated data; ``missu-keras demo`` does it in full):
 

@@ -94,6 +94,32 @@ print(json.dumps(out))
 """
 
 
+def _report(args, machine: dict, results: dict) -> None:
+    """The table, the resampling line and the last-line JSON."""
+    first = next((r for r in results.values() if "error" not in r), {})
+    print(f"MISSU preset {args.preset}, case {tuple(args.shape)} (crop {first.get('crop')}, "
+          f"{first.get('windows')} windows, overlap {args.overlap}), {machine['cpu']}, "
+          f"{machine['threads']} threads, TF {machine['tensorflow']}, GPUs: {machine['gpus']}")
+    print(f"{'configuration':<24} {'seconds':>9} {'peak GB':>8} {'model calls':>12} "
+          f"{'resampling s':>13} {'share':>6}")
+    for key, r in results.items():
+        if "error" in r:
+            print(f"{key:<24} error: {r['error']}")
+        else:
+            extra = (f" {r['resample_seconds']:>13.2f} {100 * r['resample_share']:>5.1f}%"
+                     if "resample_seconds" in r else "")
+            print(f"{key:<24} {r['seconds']:>9.1f} {r['peak_gb']:>8.2f} {r['model_calls']:>12}{extra}")
+    resampled = {k: r for k, r in results.items() if "resample_seconds" in r}
+    for key, r in resampled.items():
+        print(f"{key}: case {tuple(args.resampled_shape)} at {tuple(args.resampled_spacing)} mm, "
+              f"box {tuple(r['box'])} -> {tuple(r['crop'])} at 1 mm; resampling adds "
+              f"{100 * r['resample_added']:.1f} % to the rest of the case (target <= 20 %)")
+    print(json.dumps({"preset": args.preset, "shape": list(args.shape), "overlap": args.overlap,
+                      "resampled_shape": list(args.resampled_shape),
+                      "resampled_spacing": list(args.resampled_spacing),
+                      "machine": machine, "results": results}))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="brats")
@@ -142,28 +168,7 @@ def main(argv=None):
 
     machine = {"cpu": cpu_model(), "threads": os.cpu_count(), "tensorflow": tf.__version__,
                "gpus": len(tf.config.list_physical_devices("GPU"))}
-    first = next((r for r in results.values() if "error" not in r), {})
-    print(f"MISSU preset {args.preset}, case {tuple(args.shape)} (crop {first.get('crop')}, "
-          f"{first.get('windows')} windows, overlap {args.overlap}), {machine['cpu']}, "
-          f"{machine['threads']} threads, TF {machine['tensorflow']}, GPUs: {machine['gpus']}")
-    print(f"{'configuration':<24} {'seconds':>9} {'peak GB':>8} {'model calls':>12} "
-          f"{'resampling s':>13} {'share':>6}")
-    for key, r in results.items():
-        if "error" in r:
-            print(f"{key:<24} error: {r['error']}")
-        else:
-            extra = (f" {r['resample_seconds']:>13.2f} {100 * r['resample_share']:>5.1f}%"
-                     if "resample_seconds" in r else "")
-            print(f"{key:<24} {r['seconds']:>9.1f} {r['peak_gb']:>8.2f} {r['model_calls']:>12}{extra}")
-    resampled = {k: r for k, r in results.items() if "resample_seconds" in r}
-    for key, r in resampled.items():
-        print(f"{key}: case {tuple(args.resampled_shape)} at {tuple(args.resampled_spacing)} mm, "
-              f"box {tuple(r['box'])} -> {tuple(r['crop'])} at 1 mm; resampling adds "
-              f"{100 * r['resample_added']:.1f} % to the rest of the case (target <= 20 %)")
-    print(json.dumps({"preset": args.preset, "shape": list(args.shape), "overlap": args.overlap,
-                      "resampled_shape": list(args.resampled_shape),
-                      "resampled_spacing": list(args.resampled_spacing),
-                      "machine": machine, "results": results}))
+    _report(args, machine, results)
     return 0
 
 

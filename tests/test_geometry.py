@@ -341,3 +341,38 @@ def test_savedmodel_and_python_path_agree_on_an_anisotropic_case(written_variant
     # Without the spacing (segment_volume, as exports before issue 15) nothing is resampled.
     plain = served.signatures["segment_volume"](volume=tf.constant(moved.array))["labels"]
     assert plain.shape == moved.array.shape[:3]
+
+
+def test_the_cache_is_rebuilt_when_orientation_or_spacing_change(tmp_path):
+    from missu_keras.data import build_cache, find_brats_cases, write_synthetic_brats
+
+    write_synthetic_brats(tmp_path / "data", num_cases=1, seed=0, shape=(24, 24, 16))
+    cases, cache_dir = find_brats_cases(tmp_path / "data"), tmp_path / "cache"
+    before = PreprocessingConfig.brats(patch_size=16, orientation=None, target_spacing=None)
+    assert build_cache(cases, cache_dir, before).processed
+    assert build_cache(cases, cache_dir, before).reused  # unchanged: reused
+    # The brats preset's LPS / 1 mm leaves these (LPS, 1 mm) voxels as they were, but the
+    # contract differs, so the cache is rebuilt once, then reused.
+    first = build_cache(cases, cache_dir, PreprocessingConfig.brats(patch_size=16))
+    assert first.processed and not first.reused
+    box = first.cache.load_image(cases[0].case_id).shape[:3]
+    again = build_cache(cases, cache_dir, PreprocessingConfig.brats(patch_size=16, target_spacing=(2, 2, 2)))
+    assert again.processed and not again.reused
+    assert again.cache.load_image(cases[0].case_id).shape[:3] == tuple(round(s / 2) for s in box)
+
+
+def test_the_serving_client_reorients_and_sends_the_spacing():
+    from missu_keras.serving import _scan_request
+
+    data, affine, _ = variants()["aniso"]  # RAS, 0.8 x 0.8 x 3 mm
+    loaded = LoadedCase("c", data, None, affine, (0.8, 0.8, 3.0), MODALITIES, "brats")
+    meta = {"signatures": {"segment_volume": {}, SCAN_SIGNATURE: {}}, "orientation": "LPS"}
+    signature, inputs, moved = _scan_request(loaded, meta)
+    assert signature == SCAN_SIGNATURE
+    np.testing.assert_array_equal(inputs["volume"], data[::-1, ::-1])
+    np.testing.assert_array_equal(inputs["spacing"], np.float32([0.8, 0.8, 3.0]))
+    labels = (inputs["volume"][..., 0] > 190).astype(np.int32)  # what a server might answer
+    np.testing.assert_array_equal(geometry.undo_orientation(labels, moved), data[..., 0] > 190)
+    # An export from before issue 15 (no segment_scan): the scan as stored, no spacing.
+    signature, inputs, moved = _scan_request(loaded, {"signatures": {"segment_volume": {}}})
+    assert signature == "segment_volume" and set(inputs) == {"volume"} and moved is None

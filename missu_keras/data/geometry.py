@@ -148,9 +148,17 @@ def median_spacing(spacings: Sequence[Sequence[float]]) -> Spacing:
 def target_shape(shape, spacing, target, rtol: float = SPACING_RTOL):
     """The grid size a volume of ``shape (3,)`` at ``spacing`` gets at ``target`` spacing,
     in TensorFlow: ``round(shape * spacing / target)`` (at least 1), or ``shape`` itself
-    when every axis' spacing is within ``rtol`` of the target. int32 ``(3,)``."""
+    when every axis' spacing is within ``rtol`` of the target. int32 ``(3,)``.
+
+    >>> target_shape([256, 256, 60], [0.8, 0.8, 3.0], [1.0, 1.0, 1.0]).numpy().tolist()
+    [205, 205, 180]
+    >>> target_shape([240, 240, 155], [1.0, 1.0, 1.0005], [1.0, 1.0, 1.0]).numpy().tolist()
+    [240, 240, 155]
+    """
     shape = tf.cast(tf.convert_to_tensor(shape)[:3], tf.int32)
-    spacing = tf.cast(tf.convert_to_tensor(spacing), tf.float64)
+    # Rounded to float32 first: the SavedModel takes the spacing as float32, the Python
+    # path and the cache as float64; all three must get the same grid.
+    spacing = tf.cast(tf.cast(spacing, tf.float32), tf.float64)
     target = tf.constant(np.asarray(target, np.float64).reshape(3))
     scaled = tf.round(tf.cast(shape, tf.float64) * spacing / target)
     resized = tf.maximum(tf.cast(scaled, tf.int32), 1)

@@ -608,6 +608,9 @@ def restore_labels(classes: np.ndarray, box: CropBox, label_convention) -> np.nd
 
     ``classes (h', w', d')`` with ``h' >= h`` etc. (padding from `pad_to_multiple` is
     dropped) -> ``(H, W, D)`` uint8 labels (BraTS class 3 -> 4), background outside the box.
+    The classes must be on the box's grid: with a contract that resamples, go through
+    `missu_keras.inference` (which resamples the probabilities back) instead, and a
+    reorientation is undone by `missu_keras.data.geometry.undo_orientation`.
 
     >>> box = CropBox((1, 1, 1), (3, 3, 3), (4, 4, 4))
     >>> out = restore_labels(np.full((8, 8, 8), 3), box, "brats")

@@ -203,12 +203,18 @@ def test_train_and_predict_on_an_nnunet_dataset(tmp_path):
 
 
 def test_predict_inputs_of_each_layout_match_the_model_channels(datasets):
-    from missu_keras.prediction import find_cases as find_prediction_cases
+    from missu_keras.prediction import find_cases as find_prediction_cases, reference_geometry
 
     prep = PreprocessingConfig.brats(patch_size=32)  # a BraTS model: flair, t1ce, t1, t2
     task = datasets / "Task01_BrainTumour"
     (case,) = find_prediction_cases([task / "imagesTs"], prep)
     assert case.channel_indices == (0, 2, 1, 3) and not case.has_seg
+    # the labels are written in the 4-D image's grid (its affine and header, 3-D)
+    affine, header = reference_geometry(case)
+    out = write_nifti(datasets / "pred" / "case.nii.gz", np.zeros(SHAPE, np.uint8), affine, header)
+    written, ref = nib.load(out), nib.load(case.image_path)
+    assert written.shape == SHAPE and np.array_equal(written.affine, ref.affine)
+    assert written.header.get_sform(coded=True)[1] == ref.header.get_sform(coded=True)[1]
     # one 4-D Decathlon file: its channels are named in file order
     image = task / "imagesTr" / "BRATS_SYNTH_000.nii.gz"
     (listed,) = find_prediction_cases([image], prep, modalities="FLAIR,T1w,t1gd,T2w")

@@ -12,7 +12,7 @@ def register(subparsers):
         description="Segments every case with a ground truth under DATA and writes cases.csv, "
                     "summary.json and convention.txt to --out (checked before any work; "
                     "earlier results are refused unless --overwrite).")
-    p.add_argument("data", help="folder of labelled cases (BraTS or CHAOS)")
+    p.add_argument("data", help="folder of labelled cases (any --layout)")
     p.add_argument("--out", required=True, help="output folder")
     add_inference_arguments(p)
     p.add_argument("--cases", nargs="+", help="only these case ids")

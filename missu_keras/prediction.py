@@ -358,7 +358,7 @@ def reference_geometry(case):
     the case has no reference NIfTI, e.g. CHAOS DICOM: use the loaded case's affine)."""
     ref = getattr(case, "reference_path", None)
     if ref is not None:
-        _, affine, img = read_nifti_header(ref)
+        _, affine, img = read_nifti_header(ref, channels=True)  # a Decathlon image is 4-D
         return affine, img.header
     return None, None
 

@@ -177,6 +177,7 @@ def test_inspect_does_not_load_tensorflow(datasets):
 
 @pytest.mark.slow
 def test_train_and_predict_on_an_nnunet_dataset(tmp_path):
+    from missu_keras.evaluation import evaluate
     from missu_keras.prediction import find_cases as find_prediction_cases, predict
     from missu_keras.training import train
 
@@ -185,7 +186,8 @@ def test_train_and_predict_on_an_nnunet_dataset(tmp_path):
     result = train(data=str(data), out=str(tmp_path / "run"), preset="tiny", patch_size=32, epochs=1,
                    steps_per_epoch=1, batch_size=1, val_fraction=0, image_every=0, verbose=0,
                    layout="nnunet", model={"base_width": 8, "embed_dim": 32, "num_heads": 4,
-                                           "num_layers": 1, "mlp_dim": 64}, log=None)
+                                           "num_layers": 1, "mlp_dim": 64, "msf_mode": "none",
+                                           "self_distill": False}, log=None)  # a faster trace
     prep = result.model.preprocessing
     assert prep.dataset == "nnunet" and prep.label_convention == "Dataset003_Tiny"
     assert prep.label_definition["regions"]["enhancing tumor"] == [3]
@@ -203,12 +205,18 @@ def test_train_and_predict_on_an_nnunet_dataset(tmp_path):
 
 
 def test_predict_inputs_of_each_layout_match_the_model_channels(datasets):
-    from missu_keras.prediction import find_cases as find_prediction_cases
+    from missu_keras.prediction import find_cases as find_prediction_cases, reference_geometry
 
     prep = PreprocessingConfig.brats(patch_size=32)  # a BraTS model: flair, t1ce, t1, t2
     task = datasets / "Task01_BrainTumour"
     (case,) = find_prediction_cases([task / "imagesTs"], prep)
     assert case.channel_indices == (0, 2, 1, 3) and not case.has_seg
+    # the labels are written in the 4-D image's grid (its affine and header, 3-D)
+    affine, header = reference_geometry(case)
+    out = write_nifti(datasets / "pred" / "case.nii.gz", np.zeros(SHAPE, np.uint8), affine, header)
+    written, ref = nib.load(out), nib.load(case.image_path)
+    assert written.shape == SHAPE and np.array_equal(written.affine, ref.affine)
+    assert written.header.get_sform(coded=True)[1] == ref.header.get_sform(coded=True)[1]
     # one 4-D Decathlon file: its channels are named in file order
     image = task / "imagesTr" / "BRATS_SYNTH_000.nii.gz"
     (listed,) = find_prediction_cases([image], prep, modalities="FLAIR,T1w,t1gd,T2w")
@@ -217,3 +225,12 @@ def test_predict_inputs_of_each_layout_match_the_model_channels(datasets):
         find_prediction_cases([image], prep)
     with pytest.raises(ValueError, match="4 channel.*lists 3"):
         find_prediction_cases([image], prep, modalities="FLAIR,T1w,t1gd")
+
+    # evaluated on a Decathlon copy: its labels are scored in the model's convention
+    task = write_synthetic_msd(tmp_path / "Task01", num_cases=1, seed=2, shape=(32, 32, 32))
+    rows, _ = evaluate(tmp_path / "run", task, tmp_path / "eval", save_predictions=True, log=None)
+    pred = np.asarray(nib.load(tmp_path / "eval" / "predictions" / "BRATS_SYNTH_000.nii.gz").dataobj)
+    gt = find_msd_cases(task)[0].load()
+    want = score_case(pred, convert_labels(gt.labels, "msd_brats", prep.convention), gt.spacing, prep.convention)
+    assert {k: v for k, v in rows[0].items() if k != "case"} == want
+    assert "enhancing tumor_dice" in want

@@ -14,7 +14,7 @@ def register(subparsers):
                     "earlier results are refused unless --overwrite). With --model a "
                     "cross-validation run folder (train --folds), each fold segments its own "
                     "validation cases and one summary covers them all.")
-    p.add_argument("data", help="folder of labelled cases (BraTS or CHAOS)")
+    p.add_argument("data", help="folder of labelled cases (any --layout)")
     p.add_argument("--out", required=True, help="output folder")
     add_inference_arguments(p)
     p.add_argument("--cases", nargs="+", help="only these case ids")

@@ -61,10 +61,13 @@ class _CaseReport:
         self.samples: Dict[str, np.ndarray] = {}
 
     def problem(self, path, text: str) -> None:
+        """Records a problem of this case, naming the file (``None``: the case as a whole)."""
         self.problems.append({"case": self.case.case_id, "file": str(path) if path else None,
                               "problem": text})
 
     def read(self, conv) -> "_CaseReport":
+        """Reads the case's files one by one, recording every problem instead of
+        stopping at the first (as loading a case for training does)."""
         channels = _channel_files(self.case)
         headers, ref = {}, None
         for name, path, index in channels:

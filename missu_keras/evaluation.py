@@ -48,11 +48,14 @@ def evaluate(model, data, out, weights="published", layout: str = "auto",
             ``summary.json`` under ``"skipped"``) instead of stopping.
         overwrite: replace earlier results in ``out`` (by default they are an error,
             raised before anything is computed, as for ``predict``).
+        log: a ``print``-like function for progress and the summary table; ``None``:
+            quiet.
         **segmenter_kwargs: `missu_keras.prediction.Segmenter` settings.
 
     Returns:
         ``(rows, summary)``: the per-case score dicts and `missu_keras.metrics.summarize`.
     """
+    log = log or (lambda *a, **k: None)
     if isinstance(model, (str, os.PathLike)) and is_cross_validation_run(model):
         return evaluate_folds(model, data, out, layout=layout, case_ids=case_ids,
                               save_predictions=save_predictions, skip_invalid=skip_invalid,
@@ -144,13 +147,14 @@ def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequ
         data: the folder of labelled cases the run was trained on (each case of the
             splits must be there; cases no fold validates on are named in the log and
             left out).
-        out, layout, save_predictions, skip_invalid, overwrite, **segmenter_kwargs: as
-            for `evaluate`.
+        out, layout, save_predictions, skip_invalid, overwrite, log, **segmenter_kwargs:
+            as for `evaluate`.
         case_ids: only these cases (default: every case of the splits).
 
     Returns:
         ``(rows, summary)`` as `evaluate` (the summary over every case).
     """
+    log = log or (lambda *a, **k: None)
     splits = read_splits(os.path.join(run, SPLITS_FILE))
     models = fold_models(run, require_all=True)
     with output_folder(out, "--out") as out:

@@ -342,7 +342,7 @@ def segment_case_rest(case_dir, server: str, out_path, model_name: str = "missu"
     labels = check_returned_labels(outputs, grid, allowed, url)
     if moved is not None:
         labels = undo_orientation(labels, moved)
-    _, affine, reference = read_nifti_header(case.reference_path)
+    _, affine, reference = read_nifti_header(case.reference_path, channels=True)  # 4-D: Decathlon
     write_nifti(out_path, labels.astype(np.uint8), affine, reference.header)
     if log:
         log(f"wrote {out_path} (labels {sorted(np.unique(labels).tolist())})")

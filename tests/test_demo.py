@@ -1,11 +1,18 @@
 """The README's main job runs end to end, as documented: its default length (10 x 12
-steps, about 2.5 minutes on 2 cores) and the held-out quality the README states."""
+steps, about 2.5 minutes on 2 cores) and the held-out quality the README states; its data
+in each layout it offers."""
 
+import argparse
 import json
+from pathlib import Path
 
 import nibabel as nib
+import pytest
 
 from missu_keras.cli import main
+from missu_keras.cli.demo import register
+from missu_keras.data import detect_layout, find_cases
+from missu_keras.demo import DEMO_LAYOUTS, write_demo_data
 
 
 def test_demo_writes_every_artifact_and_reaches_the_documented_quality(tmp_path):
@@ -23,3 +30,27 @@ def test_demo_writes_every_artifact_and_reaches_the_documented_quality(tmp_path)
         assert (tmp_path / "run" / name).is_file()
     assert (tmp_path / "serving" / "missu" / "1" / "saved_model.pb").is_file()
     assert report["savedmodel"] == str(tmp_path / "serving" / "missu" / "1")
+
+
+@pytest.mark.parametrize("layout", DEMO_LAYOUTS)
+def test_demo_data_in_each_layout_goes_through_the_same_readers(tmp_path, layout):
+    train, heldout, to_predict = write_demo_data(tmp_path / "data", layout, train_cases=2,
+                                                 heldout_cases=1, shape=(24, 24, 16))
+    assert detect_layout(train) == ("2021" if layout == "brats" else layout)
+    train_cases, heldout_cases = find_cases(train), find_cases(heldout)
+    assert len(train_cases) == 2 and len(heldout_cases) == 1
+    assert all(c.has_seg for c in train_cases + heldout_cases)
+    assert train_cases[0].channel_names == ("flair", "t1ce", "t1", "t2")
+    assert all(Path(p).exists() for p in to_predict)
+    stamp = [p.stat().st_mtime_ns for p in sorted(tmp_path.rglob("*.nii.gz"))]
+    assert write_demo_data(tmp_path / "data", layout, train_cases=2, heldout_cases=1,
+                           shape=(24, 24, 16)) == (train, heldout, to_predict)
+    assert [p.stat().st_mtime_ns for p in sorted(tmp_path.rglob("*.nii.gz"))] == stamp  # kept
+
+
+def test_demo_command_offers_the_demo_layouts():
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    action = next(a for a in parser._subparsers._group_actions[0].choices["demo"]._actions
+                  if a.dest == "layout")
+    assert tuple(action.choices) == DEMO_LAYOUTS

@@ -44,6 +44,7 @@ _EXPORTS = {
     "chaos_split": "missu_keras.data.chaos",
     "crop": "missu_keras.data.preprocessing",
     "dataset_fingerprint": "missu_keras.data.fingerprint",
+    "format_fingerprint": "missu_keras.data.fingerprint",
     "detect_brats_layout": "missu_keras.data.brats",
     "detect_layout": "missu_keras.data.datasets",
     "extract_patch": "missu_keras.data.pipeline",

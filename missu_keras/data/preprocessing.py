@@ -581,7 +581,7 @@ def case_affine(case) -> np.ndarray:
     has one (no voxels read), else from the loaded case."""
     reference = getattr(case, "reference_path", None)
     if reference is not None:
-        return read_nifti_header(reference)[1]
+        return read_nifti_header(reference, channels=True)[1]  # a Decathlon image is 4-D
     return np.asarray(case.load().affine)
 
 

@@ -202,6 +202,14 @@ def test_train_and_predict_on_an_nnunet_dataset(tmp_path):
     (listed,) = find_prediction_cases(files, prep)
     (folder,) = find_prediction_cases([data / "imagesTs"], prep)
     assert listed.case_id == "BRATS_SYNTH_TEST_000" and dict(listed.image_paths) == dict(folder.image_paths)
+    # evaluated on a Decathlon copy: its labels are scored in the model's convention
+    task = write_synthetic_msd(tmp_path / "Task01", num_cases=1, seed=2, shape=(32, 32, 32))
+    rows, _ = evaluate(tmp_path / "run", task, tmp_path / "eval", save_predictions=True, log=None)
+    pred = np.asarray(nib.load(tmp_path / "eval" / "predictions" / "BRATS_SYNTH_000.nii.gz").dataobj)
+    gt = find_msd_cases(task)[0].load()
+    want = score_case(pred, convert_labels(gt.labels, "msd_brats", prep.convention), gt.spacing, prep.convention)
+    assert {k: v for k, v in rows[0].items() if k != "case"} == want
+    assert "enhancing tumor_dice" in want
 
 
 def test_predict_inputs_of_each_layout_match_the_model_channels(datasets):
@@ -225,12 +233,3 @@ def test_predict_inputs_of_each_layout_match_the_model_channels(datasets):
         find_prediction_cases([image], prep)
     with pytest.raises(ValueError, match="4 channel.*lists 3"):
         find_prediction_cases([image], prep, modalities="FLAIR,T1w,t1gd")
-
-    # evaluated on a Decathlon copy: its labels are scored in the model's convention
-    task = write_synthetic_msd(tmp_path / "Task01", num_cases=1, seed=2, shape=(32, 32, 32))
-    rows, _ = evaluate(tmp_path / "run", task, tmp_path / "eval", save_predictions=True, log=None)
-    pred = np.asarray(nib.load(tmp_path / "eval" / "predictions" / "BRATS_SYNTH_000.nii.gz").dataobj)
-    gt = find_msd_cases(task)[0].load()
-    want = score_case(pred, convert_labels(gt.labels, "msd_brats", prep.convention), gt.spacing, prep.convention)
-    assert {k: v for k, v in rows[0].items() if k != "case"} == want
-    assert "enhancing tumor_dice" in want

@@ -38,7 +38,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from missu_keras.data.validation import load_brats_case
+from missu_keras.data.validation import FilePerChannelCase, load_brats_case
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -105,7 +105,7 @@ def _strip_nifti_ext(name: str) -> Optional[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class BratsCase:
+class BratsCase(FilePerChannelCase):
     """One BraTS case on disk (nothing is read until it is loaded).
 
     Attributes:
@@ -126,38 +126,13 @@ class BratsCase:
     grade: Optional[str] = None
 
     @property
-    def modalities(self) -> Tuple[str, ...]:
-        """Channel order of this case's images."""
-        return tuple(self.image_paths)
-
-    @property
-    def channel_names(self) -> Tuple[str, ...]:
-        return self.modalities
-
-    @property
     def missing_modalities(self) -> Tuple[str, ...]:
-        return tuple(m for m, p in self.image_paths.items() if not Path(p).is_file())
-
-    @property
-    def has_seg(self) -> bool:
-        return self.seg_path is not None
-
-    @property
-    def reference_path(self) -> Path:
-        """The file whose affine and header a prediction for this case is written with."""
-        return Path(next(iter(self.image_paths.values())))
+        return self.missing_channels
 
     @property
     def label_convention(self) -> str:
         """``"brats2023"`` for the 2023 layout (ET is 3), else ``"brats"`` (ET is 4)."""
         return layout_label_convention(self.layout)
-
-    def source_files(self) -> List[Path]:
-        """Every file this case is read from (images, then the seg if any)."""
-        files = [Path(p) for p in self.image_paths.values()]
-        if self.seg_path is not None:
-            files.append(Path(self.seg_path))
-        return files
 
     def load(self, label_convention: Optional[str] = None):
         """Reads and validates the case; see `missu_keras.data.validation.load_brats_case`."""

@@ -39,7 +39,7 @@ from missu_keras.data.brats import natural_key
 from missu_keras.data.io import NIFTI_SUFFIXES
 from missu_keras.data.msd import (DATASET_JSON, SUBSETS, channel_name, channel_order,
                                   read_dataset_json, require_keys)
-from missu_keras.data.validation import LoadedCase, load_nifti_case
+from missu_keras.data.validation import FilePerChannelCase, LoadedCase, load_nifti_case
 from missu_keras.labels import LabelConvention, get_label_convention
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -78,7 +78,7 @@ def nnunet_label_convention(path: Path, labels: Mapping, name: str) -> LabelConv
 
 
 @dataclasses.dataclass(frozen=True)
-class NnunetCase:
+class NnunetCase(FilePerChannelCase):
     """One nnU-Net raw case: one file per channel and, for training cases, labels.
 
     Attributes:
@@ -93,31 +93,6 @@ class NnunetCase:
     image_paths: Mapping[str, Path]
     seg_path: Optional[Path]
     label_convention: LabelConvention
-
-    @property
-    def channel_names(self) -> Tuple[str, ...]:
-        return tuple(self.image_paths)
-
-    @property
-    def modalities(self) -> Tuple[str, ...]:
-        return self.channel_names
-
-    @property
-    def missing_channels(self) -> Tuple[str, ...]:
-        return tuple(n for n, p in self.image_paths.items() if not Path(p).is_file())
-
-    @property
-    def has_seg(self) -> bool:
-        return self.seg_path is not None
-
-    @property
-    def reference_path(self) -> Path:
-        """The NIfTI whose geometry a prediction for this case is written in."""
-        return Path(next(iter(self.image_paths.values())))
-
-    def source_files(self) -> List[Path]:
-        return [Path(p) for p in self.image_paths.values()] + \
-            ([Path(self.seg_path)] if self.seg_path is not None else [])
 
     def load(self, label_convention=None) -> LoadedCase:
         """Reads and validates the case (`missu_keras.data.validation.load_nifti_case`)."""

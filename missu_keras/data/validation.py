@@ -166,6 +166,39 @@ def _check_channel_index(path, shape, index: int, name: str) -> None:
         )
 
 
+class FilePerChannelCase:
+    """What cases stored one NIfTI file per channel have in common (`BratsCase`,
+    `NnunetCase`): they define ``image_paths`` (``{channel: file}`` in channel order) and
+    ``seg_path`` (or ``None``)."""
+
+    @property
+    def channel_names(self) -> Tuple[str, ...]:
+        return tuple(self.image_paths)
+
+    @property
+    def modalities(self) -> Tuple[str, ...]:
+        return self.channel_names
+
+    @property
+    def missing_channels(self) -> Tuple[str, ...]:
+        """Channels whose file is not there (the path is the name the layout expects)."""
+        return tuple(n for n, p in self.image_paths.items() if not Path(p).is_file())
+
+    @property
+    def has_seg(self) -> bool:
+        return self.seg_path is not None
+
+    @property
+    def reference_path(self) -> Path:
+        """The file whose affine and header a prediction for this case is written with."""
+        return Path(next(iter(self.image_paths.values())))
+
+    def source_files(self) -> List[Path]:
+        """Every file this case is read from (images, then the seg if any)."""
+        return [Path(p) for p in self.image_paths.values()] + \
+            ([Path(self.seg_path)] if self.seg_path is not None else [])
+
+
 def load_nifti_case(case_id: str, channels: Sequence[Tuple[str, Path, Optional[int]]],
                     seg_path, label_convention, atol: float = AFFINE_ATOL) -> LoadedCase:
     """Reads and checks a NIfTI case (BraTS, Decathlon, nnU-Net: one implementation).

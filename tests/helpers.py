@@ -1,4 +1,4 @@
-"""Checks shared by the layer and model tests (keras-hub's habit)."""
+"""Checks and tools shared by the tests (keras-hub's habit)."""
 
 import json
 
@@ -31,3 +31,20 @@ def run_command(argv):
 
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+class Crash(RuntimeError):
+    """What `CrashAfter` raises."""
+
+
+class CrashAfter(keras.callbacks.Callback):
+    """Raises `Crash` after ``n`` training batches, as a killed process would stop."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.seen = n, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen >= self.n:
+            raise Crash(f"stopped after {self.seen} batches")

@@ -6,7 +6,6 @@ import csv
 import json
 import types
 
-import keras
 import nibabel
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from missu_keras.evaluation import evaluate
 from missu_keras.inference import SegmenterEnsemble, labels_from_probabilities
 from missu_keras.prediction import load_segmenter
 from missu_keras.training import TrainConfig, fold_models, fold_splits, make_splits, train
-from tests.helpers import run_command
+from tests.helpers import Crash, CrashAfter, run_command
 
 EPOCHS, FOLDS = 2, 2
 # The tiny network without the MSF branch: its training step compiles 20 % faster, and
@@ -119,19 +118,6 @@ def test_ensemble_members_with_different_contracts_are_refused():
 
 # ------------------------------------------------------------------ a 2-fold run --
 
-class CrashAfter(keras.callbacks.Callback):
-    """Raises after ``n`` training batches, as a killed process would stop."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.n, self.seen = n, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen >= self.n:
-            raise RuntimeError(f"stopped after {self.seen} batches")
-
-
 @pytest.fixture(scope="module")
 def cv_run(tmp_path_factory):
     """Four 32^3 cases; fold 0 trained from the command line, fold 1 from Python, killed
@@ -145,7 +131,7 @@ def cv_run(tmp_path_factory):
     (root / "train.yaml").write_text(yaml.safe_dump(settings))
     assert cli.main(["train", "--config", str(root / "train.yaml"), "--folds", "2", "--fold", "0"]) == 0
     fold0_log = (root / "run" / "fold_0" / "log.csv").read_text()
-    with pytest.raises(RuntimeError, match="stopped after 2 batches"):
+    with pytest.raises(Crash, match="stopped after 2 batches"):
         train(settings, folds=FOLDS, fold=1, callbacks=[CrashAfter(2)], log=None)
     resumed = train(settings, folds=FOLDS, fold=1, log=None)
     return root / "data", root / "run", resumed, fold0_log

@@ -14,26 +14,10 @@ from missu_keras.data import write_synthetic_brats
 from missu_keras.optimizers import poly_schedule
 from missu_keras.cli.train import settings_from_args
 from missu_keras.training import TrainConfig, train
+from tests.helpers import Crash, CrashAfter
 
 EPOCHS, STEPS, BATCH = 3, 2, 1
 MODEL = {"base_width": 8, "embed_dim": 32, "num_heads": 4, "num_layers": 1, "mlp_dim": 64}
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAfter(keras.callbacks.Callback):
-    """Raises after ``n`` training batches, as a killed process would stop."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.n, self.seen = n, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen >= self.n:
-            raise Crash(f"stopped after {self.seen} batches")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""Issue 15 item 4, fine-tuning: ``train --init-weights`` from a released-code ``.pth``
-and a ``.weights.h5`` starts from the loaded network, another number of classes
+"""Issue 15 item 4, fine-tuning: ``train --init-weights`` from a ``.weights.h5`` (and
+``load_initial_weights`` from a released-code ``.pth``, ``.npz``, ``.keras``) starts from the
+loaded network, another number of classes
 re-initialises only the head, shapes that differ are named, ``--freeze`` and
 ``--head-learning-rate`` act on the right weights, and a fine-tuning run resumes from its
 backup."""
@@ -91,20 +92,20 @@ class FirstLoss(keras.callbacks.Callback):
         self.losses = losses(self.model)
 
 
-def test_pth_run_starts_from_it_freezes_and_resumes(source, data_dir, tmp_path):
-    torch = pytest.importorskip("torch", reason="torch is not installed (extra 'torch')")
-    pth = tmp_path / "released.pth"
-    state = {k: torch.from_numpy(v) for k, v in state_dict(source.backbone).items()}
-    torch.save({"epoch": 7, "state_dict": state}, pth)
+def test_run_from_weights_h5_starts_from_it_freezes_and_resumes(source, data_dir, tmp_path):
+    # The weights of the inference graph (what export and publish hand out): no MSF
+    # branch, like the run below.
+    h5 = tmp_path / "source.weights.h5"
+    source.inference_model().save_weights(h5)
     settings = dict(data=str(data_dir), out=str(tmp_path / "run"), preset="tiny", patch_size=32,
                     epochs=1, steps_per_epoch=2, batch_size=1, val_fraction=0.0, image_every=0,
-                    verbose=0, seed=3, workers=1, model=RUN_MODEL, init_weights=str(pth),
+                    verbose=0, seed=3, workers=1, model=RUN_MODEL, init_weights=str(h5),
                     freeze=["encoder"], head_learning_rate=0.0)
     first, lines = FirstLoss(), []
     result = train(settings, callbacks=[first], log=lines.append)
 
-    # The run starts with the released network's loss (the segmentation loss: the run
-    # has no MSF branch), not with a fresh network's.
+    # The run starts with the source network's loss (the segmentation loss: the run has
+    # no MSF branch), not with a fresh network's.
     random_seg = losses(MISSU.from_preset("tiny", **TINY))[0]
     assert first.losses[0] == pytest.approx(losses(source)[0], rel=1e-5)
     assert abs(first.losses[0] - random_seg) > 0.05, (first.losses[0], random_seg)
@@ -120,18 +121,31 @@ def test_pth_run_starts_from_it_freezes_and_resumes(source, data_dir, tmp_path):
     assert not same(after["transformer_0"], before["transformer_0"])
 
     # Another source is another run.
-    with pytest.raises(ValueError, match=r"init_weights: .*released.pth.* -> .*other.pth"):
+    with pytest.raises(ValueError, match=r"init_weights: .*source.weights.h5.* -> .*other.pth"):
         train(settings, init_weights=str(tmp_path / "other.pth"), log=None)
     # Started again with the source gone: the run restores its backup (weights, the
     # optimizer's state), not the source, and keeps its frozen parts. (The backup machinery
     # itself, mid-run resumption included, is tested in test_training_resume.py.)
-    pth.unlink()
+    h5.unlink()
     resumed = train(settings, log=None)
     assert resumed.initial_epoch == 1 and not resumed.model.backbone.get_layer("enblock1").trainable
     assert all(same(w, after[n]) for n, w in weights(resumed.model).items())
     assert same([v.numpy() for v in resumed.model.optimizer.variables],
                 [v.numpy() for v in result.model.optimizer.variables])
     assert int(resumed.model.optimizer.iterations) == 2 and resumed.model.optimizer.head_scale == 0
+
+
+def test_pth_loads_with_the_source_loss(source, tmp_path):
+    """The released code's checkpoint (torch needed to read it; the run itself is the
+    same as from any source, tested above)."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (extra 'torch')")
+    pth = tmp_path / "released.pth"
+    torch.save({"epoch": 7, "state_dict": {k: torch.from_numpy(v) for k, v in
+                                           state_dict(source.backbone).items()}}, pth)
+    target = MISSU.from_preset("tiny", **TINY)
+    transfer = load_initial_weights(target, pth, preset="tiny", overrides=dict(TINY))
+    assert transfer.not_in_source == ["msf1", "msf2", "msf_pyramid2", "msf3", "msf_pyramid3"]
+    assert losses(target)[0] == pytest.approx(losses(source)[0], rel=1e-5)
 
 
 def test_weights_h5_same_loss_and_new_classes_reinitialise_only_the_head(source, tmp_path):

@@ -96,6 +96,7 @@ class _CaseReport:
 
     def _geometry(self, ref) -> None:
         _, shape, affine = ref
+        # Axis codes as geometry.axis_codes gives them (that module loads TensorFlow).
         self.row.update(shape=[int(s) for s in shape],
                         spacing=[round(s, 5) for s in spacing_from_affine(affine)],
                         orientation="".join(nibabel.aff2axcodes(affine)))

@@ -38,6 +38,8 @@ import nibabel.orientations as nio
 import numpy as np
 import tensorflow as tf
 
+from missu_keras.data.validation import spacing_from_affine
+
 SPACING_RTOL = 1e-3  # spacings within 0.1 % of the target are not resampled
 IMAGE_INTERPOLATIONS = ("linear", "cubic")
 _TF_METHODS = {"linear": "bilinear", "cubic": "bicubic", "nearest": "nearest"}
@@ -72,9 +74,9 @@ def axis_codes(affine) -> Tuple[str, str, str]:
 
 def voxel_spacing(affine) -> Spacing:
     """Voxel size in mm along each array axis: the lengths of the affine's first three
-    columns (also right for oblique and permuted affines)."""
-    columns = np.asarray(affine, np.float64)[:3, :3]
-    return tuple(float(round(v, 6)) for v in np.sqrt((columns ** 2).sum(axis=0)))
+    columns (also right for oblique and permuted affines), as the readers'
+    `missu_keras.data.validation.spacing_from_affine`, rounded to 1e-6 mm."""
+    return tuple(round(v, 6) for v in spacing_from_affine(np.asarray(affine, np.float64)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,9 +76,7 @@ def evaluate(model, data, out, weights="published", layout: str = "auto",
         paths = write_scores(out, rows, summary)
         if skipped:
             write_json_atomic(paths["summary"], {**summary, "skipped": skipped})
-    log(format_summary_table(summary))
-    log(CONVENTION)
-    log(f"wrote {paths['cases']}, {paths['summary']}")
+    _log_scores(log, summary, paths)
     return rows, summary
 
 
@@ -170,7 +168,8 @@ def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequ
         for k, folder in models.items():
             if k:
                 segmenter = load_segmenter(str(folder), **segmenter_kwargs)
-            fold_cases = [c for c in cases if c.case_id in set(splits[k]["val"])]
+            val = set(splits[k]["val"])
+            fold_cases = [c for c in cases if c.case_id in val]
             log(f"fold {k} ({folder}): {len(fold_cases)} validation cases")
             fold_rows, fold_skipped = _score_cases(segmenter, fold_cases, out, save_predictions,
                                                    skip_invalid, log)
@@ -185,9 +184,7 @@ def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequ
         write_json_atomic(paths["summary"], {**summary, "folds": by_fold,
                                              **({"skipped": skipped} if skipped else {})})
     log(f"cross-validation over {len(models)} folds, {len(rows)} cases (out-of-fold):")
-    log(format_summary_table(summary))
-    log(CONVENTION)
-    log(f"wrote {paths['cases']}, {paths['summary']}")
+    _log_scores(log, summary, paths)
     return rows, summary
 
 
@@ -199,7 +196,8 @@ def _validation_cases(splits, case_ids: Optional[Sequence[str]]) -> list:
     unknown = sorted(set(case_ids) - set(every))
     if unknown:
         raise ValueError(f"cases {unknown} are in no fold's validation set of the splits")
-    return [c for c in every if c in set(case_ids)]
+    keep = set(case_ids)
+    return [c for c in every if c in keep]
 
 
 def _fold_cases(data, preprocessing, layout: str, splits, wanted: Sequence[str], log):
@@ -213,4 +211,12 @@ def _fold_cases(data, preprocessing, layout: str, splits, wanted: Sequence[str],
     extra = sorted({c.case_id for c in found} - {c for s in splits for c in s["val"]})
     if extra:
         log(f"not in any fold's validation set, left out: {extra}")
-    return [c for c in found if c.case_id in set(wanted)]
+    keep = set(wanted)
+    return [c for c in found if c.case_id in keep]
+
+
+def _log_scores(log, summary, paths) -> None:
+    """The summary table, the scoring conventions and the files written."""
+    log(format_summary_table(summary))
+    log(CONVENTION)
+    log(f"wrote {paths['cases']}, {paths['summary']}")

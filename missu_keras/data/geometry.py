@@ -105,6 +105,10 @@ class Reorientation:
     def spacing(self) -> Spacing:
         return voxel_spacing(self.affine)
 
+    def apply(self, other: np.ndarray) -> np.ndarray:
+        """Another array on the input's grid (e.g. its labels) moved the same way."""
+        return other if self.identity else nio.apply_orientation(other, self.forward)
+
 
 def reorient(array: np.ndarray, affine, codes) -> Reorientation:
     """``array (H, W, D[, C])`` with ``affine`` -> a `Reorientation` to ``codes`` (e.g.
@@ -121,6 +125,22 @@ def reorient(array: np.ndarray, affine, codes) -> Reorientation:
     moved = nio.apply_orientation(array, forward)
     new_affine = affine @ nio.inv_ornt_aff(forward, shape)
     return Reorientation(moved, new_affine, forward, backward, shape)
+
+
+def oriented_spacing(affine, codes) -> Spacing:
+    """The voxel spacing of a volume with ``affine`` once reoriented to ``codes``, from
+    the affine alone (no voxels needed).
+
+    >>> oriented_spacing(np.array([[0, 0, 9.0, 0], [0, 1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]]), "RAS")
+    (9.0, 1.0, 1.0)
+    """
+    spacing = voxel_spacing(affine)
+    forward = nio.ornt_transform(nio.io_orientation(np.asarray(affine, np.float64)),
+                                 nio.axcodes2ornt(check_axis_codes(codes)))
+    moved = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(forward):  # input axis -> its place in the target
+        moved[int(target)] = spacing[axis]
+    return tuple(moved)
 
 
 def undo_orientation(array: np.ndarray, reorientation: Reorientation) -> np.ndarray:

@@ -45,6 +45,7 @@ import tensorflow as tf
 from missu_keras.config import StrictConfig, int_or_triple
 from missu_keras.data.chaos import chaos_channel_names
 from missu_keras.data.geometry import (IMAGE_INTERPOLATIONS, check_axis_codes, median_spacing,
+                                       oriented_spacing,
                                        reorient, resample, resample_tensor, target_shape,
                                        voxel_spacing)
 from missu_keras.data.io import read_nifti_header
@@ -563,7 +564,7 @@ def preprocess_case(loaded, config: PreprocessingConfig) -> PreprocessedCase:
         moved = reorient(image, affine, config.orientation)
         image, affine = np.ascontiguousarray(moved.array), moved.affine
         if labels is not None:
-            labels = np.ascontiguousarray(reorient(labels, loaded.affine, config.orientation).array)
+            labels = np.ascontiguousarray(moved.apply(labels))
     spacing, grid = voxel_spacing(affine), tuple(int(s) for s in image.shape[:3])
     image, start, stop = _preprocess_image(image, spacing, config)
     box = CropBox(tuple(int(v) for v in start.numpy()), tuple(int(v) for v in stop.numpy()), grid)
@@ -594,12 +595,8 @@ def with_median_spacing(config: PreprocessingConfig, cases) -> PreprocessingConf
         return config
     if not cases:
         raise ValueError("target_spacing='median' needs at least one training case")
-    spacings = []
-    for case in cases:
-        affine = case_affine(case)
-        if config.orientation is not None:
-            affine = reorient(np.zeros((1, 1, 1)), affine, config.orientation).affine
-        spacings.append(voxel_spacing(affine))
+    spacings = [oriented_spacing(affine, config.orientation) if config.orientation else voxel_spacing(affine)
+                for affine in map(case_affine, cases)]
     return dataclasses.replace(config, target_spacing=median_spacing(spacings))
 
 

@@ -39,27 +39,38 @@ import numpy as np
 from keras import ops
 from scipy import ndimage
 
+from missu_keras import lesionwise
 from missu_keras.files import write_json_atomic, write_text_atomic
 from missu_keras.labels import LabelConvention, get_label_convention
+# The surface primitives live in surface.py (shared with lesionwise.py); these names stay
+# importable from here, where callers have always found them.
+from missu_keras.surface import SURFACE_CONNECTIVITY  # noqa: F401
+from missu_keras.surface import check_spacing as _check_spacing
+from missu_keras.surface import surface_dice_from_distances, surface_distances
 
 # HD95 / Hausdorff reported when exactly one of the two masks is empty: the diagonal of
 # the 240 x 240 x 155 BraTS box at 1 mm, sqrt(240^2 + 240^2 + 155^2) = 373.13 mm.
 EMPTY_MASK_DISTANCE_MM = 373.13
 
-# Surfaces are mask voxels with a face neighbour (6-connectivity, scipy's
-# generate_binary_structure(3, 1)) outside the mask.
-SURFACE_CONNECTIVITY = 1
-
 # Percentile of the directed surface distances for HD95.
 HD_PERCENTILE = 95.0
 
-# Names of the per-region metrics, in the order of every output.
-METRIC_NAMES = ("dice", "hd95", "hausdorff", "sensitivity", "specificity", "accuracy")
+# NSD tolerance by default: one voxel of the 1 mm BraTS grid. Surfaces are voxels, so
+# surface distances on that grid are 0, 1, sqrt(2), ... mm: any tolerance under 1 mm
+# is the same as 0 (exact agreement), and 1 mm is the smallest one that forgives a
+# boundary drawn one voxel off, the least inter-rater disagreement there is.
+DEFAULT_NSD_TOLERANCE_MM = 1.0
+
+# Names of the per-region metrics, in the order of every output: the whole-volume
+# ("legacy") metrics, the normalised surface Dice, and the BraTS 2023 lesion-wise Dice
+# and HD95 (BraTS conventions only, `missu_keras.lesionwise`).
+LEGACY_METRIC_NAMES = ("dice", "hd95", "hausdorff", "sensitivity", "specificity", "accuracy")
+METRIC_NAMES = LEGACY_METRIC_NAMES + ("nsd", "lesion_dice", "lesion_hd95")
 
 # Summary statistics per metric.
 SUMMARY_STATS = ("mean", "std", "median")
 
-CONVENTION = f"""\
+_CONVENTION_TEMPLATE = f"""\
 Scoring convention (missu_keras.metrics):
 - Regions are sets of dataset labels (BraTS: WT = 1,2,4; TC = 1,4; ET = 4); every metric
   is computed on the binary mask of one region of one case, then averaged over cases.
@@ -80,53 +91,38 @@ Scoring convention (missu_keras.metrics):
 - Sensitivity when GT is empty (0/0): 1 if the prediction is empty too, else 0;
   specificity when GT covers every voxel: 1 if the prediction does too, else 0 (the same
   rule as Dice). No metric is ever NaN or infinite.
-- Summary: mean, population std (ddof=0) and median over cases, per region and metric."""
+- Summary: mean, population std (ddof=0) and median over cases, per region and metric.
+- NSD (<region>_nsd), the normalised surface Dice of Nikolov et al. 2021,
+  at a tolerance of {{tolerance}} mm: (prediction surface voxels within the tolerance of the
+  GT surface + GT surface voxels within the tolerance of the prediction surface) / (all
+  surface voxels of both), distances as for HD95. Approximation: surfaces counted in voxels (the surfaces
+  above), not in surface-element areas as DeepMind's surface-distance package weighs them.
+  Empty masks as Dice: both empty -> 1, exactly one -> 0.
+{lesionwise.CONVENTION}"""
+
+
+
+
+def convention_text(nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> str:
+    """The scoring convention (what ``convention.txt`` holds) with the NSD tolerance used.
+
+    >>> "at a tolerance of 2.5 mm" in convention_text(2.5)
+    True
+    """
+    tolerance = float(nsd_tolerance_mm)
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"NSD tolerance must be a finite distance >= 0 in mm; received: "
+                         f"{nsd_tolerance_mm}")
+    return _CONVENTION_TEMPLATE.replace("{tolerance}", f"{tolerance:g}")
+
+
+# The convention at the default NSD tolerance.
+CONVENTION = convention_text()
 
 
 # --------------------------------------------------------------------------------------
 # Evaluation on label volumes (numpy / scipy)
 # --------------------------------------------------------------------------------------
-
-
-def _check_spacing(spacing, ndim: int) -> Tuple[float, ...]:
-    spacing = tuple(float(s) for s in np.ravel(spacing))
-    if len(spacing) != ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(
-            f"spacing must be {ndim} positive voxel sizes in mm; received: {spacing}"
-        )
-    return spacing
-
-
-def _surface(mask: np.ndarray) -> np.ndarray:
-    structure = ndimage.generate_binary_structure(mask.ndim, SURFACE_CONNECTIVITY)
-    return mask ^ ndimage.binary_erosion(mask, structure=structure, border_value=0)
-
-
-def surface_distances(
-    pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Directed surface distances in mm between two non-empty boolean masks.
-
-    Returns ``(pred_to_gt, gt_to_pred)``: for every surface voxel of ``pred`` the
-    distance to the nearest surface voxel of ``gt``, and the other way round.
-    """
-    pred = np.asarray(pred, bool)
-    gt = np.asarray(gt, bool)
-    if not pred.any() or not gt.any():
-        raise ValueError("surface_distances needs two non-empty masks")
-    spacing = _check_spacing(spacing, pred.ndim)
-    # Crop to the bounding box of both masks plus one voxel: every surface voxel and its
-    # nearest partner lie inside it, so the Euclidean distances are unchanged, and the
-    # extra voxel keeps the erosion's border treatment the same as on the full volume.
-    coords = np.argwhere(pred | gt)
-    lo = np.maximum(coords.min(axis=0) - 1, 0)
-    hi = np.minimum(coords.max(axis=0) + 2, pred.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    pred_surface = _surface(pred[box])
-    gt_surface = _surface(gt[box])
-    to_gt = ndimage.distance_transform_edt(~gt_surface, sampling=spacing)
-    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
-    return to_gt[pred_surface], to_pred[gt_surface]
 
 
 def _dice_from_counts(overlap: int, n_pred: int, n_gt: int) -> float:
@@ -157,16 +153,19 @@ def _ratio_or_agreement(num: int, den: int, agree: bool) -> float:
     return num / den
 
 
-def binary_metrics(pred, gt, spacing: Sequence[float]) -> Dict[str, float]:
-    """Every metric of `METRIC_NAMES` for one pair of binary masks.
+def binary_metrics(pred, gt, spacing: Sequence[float],
+                   nsd_tolerance_mm: Optional[float] = None) -> Dict[str, float]:
+    """The whole-volume metrics (`LEGACY_METRIC_NAMES`) for one pair of binary masks,
+    and ``"nsd"`` at ``nsd_tolerance_mm`` when that is given.
 
     Args:
         pred, gt: boolean (or 0/1) arrays of the same shape.
         spacing: voxel size in mm per axis, e.g. ``header.get_zooms()[:3]``.
+        nsd_tolerance_mm: the normalised surface Dice's tolerance (``None``: no NSD).
 
     Returns:
-        ``{"dice", "hd95", "hausdorff", "sensitivity", "specificity", "accuracy"}`` as
-        Python floats, with the empty-mask conventions of `CONVENTION`.
+        ``{"dice", "hd95", "hausdorff", "sensitivity", "specificity", "accuracy"}`` (and
+        ``"nsd"``) as Python floats, with the empty-mask conventions of `CONVENTION`.
     """
     pred = np.asarray(pred).astype(bool, copy=False)
     gt = np.asarray(gt).astype(bool, copy=False)
@@ -185,16 +184,18 @@ def binary_metrics(pred, gt, spacing: Sequence[float]) -> Dict[str, float]:
     dice = _dice_from_counts(tp, n_pred, n_gt)
     if n_pred == 0 and n_gt == 0:
         hd95, hd = 0.0, 0.0
+        distances = ([], [0.0])  # NSD 1: as Dice
     elif n_pred == 0 or n_gt == 0:
         hd95, hd = EMPTY_MASK_DISTANCE_MM, EMPTY_MASK_DISTANCE_MM
+        distances = ([], [math.inf])  # NSD 0: as Dice
     else:
-        pred_to_gt, gt_to_pred = surface_distances(pred, gt, spacing)
+        distances = pred_to_gt, gt_to_pred = surface_distances(pred, gt, spacing)
         hd95 = max(np.percentile(pred_to_gt, HD_PERCENTILE),
                    np.percentile(gt_to_pred, HD_PERCENTILE))
         hd = max(pred_to_gt.max(), gt_to_pred.max())
 
     n_neg = gt.size - n_gt
-    return {
+    scores = {
         "dice": float(dice),
         "hd95": float(hd95),
         "hausdorff": float(hd),
@@ -202,6 +203,9 @@ def binary_metrics(pred, gt, spacing: Sequence[float]) -> Dict[str, float]:
         "specificity": float(_ratio_or_agreement(tn, n_neg, agree=n_pred == gt.size)),
         "accuracy": float((tp + tn) / gt.size) if gt.size else 1.0,
     }
+    if nsd_tolerance_mm is not None:
+        scores["nsd"] = surface_dice_from_distances(*distances, float(nsd_tolerance_mm))
+    return scores
 
 
 def _convention(convention: Union[str, LabelConvention]) -> LabelConvention:
@@ -213,6 +217,7 @@ def score_case(
     gt_labels,
     spacing: Sequence[float],
     convention: Union[str, LabelConvention] = "brats",
+    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
 ) -> Dict[str, float]:
     """Scores one case, every region of ``convention``.
 
@@ -220,12 +225,15 @@ def score_case(
         pred_labels, gt_labels: integer label volumes ``(H, W, D)`` in dataset labels
             (0/1/2/4 for ``"brats"``), same shape.
         spacing: voxel size in mm per axis (from the ground-truth header).
-        convention: a `LabelConvention` or its name (``"brats"``, ``"brats2023"``,
-            ``"chaos"``).
+        convention: a `LabelConvention` or its name (``"brats"`` / ``"brats2021"``,
+            ``"brats2023"``, ``"brats2024"``, ``"msd_brats"``, ``"chaos"``).
+        nsd_tolerance_mm: the tolerance of ``<region>_nsd``.
 
     Returns:
         A flat ``{"<region>_<metric>": float}`` dict, region-major in the convention's
-        order and metrics in `METRIC_NAMES` order: ``WT_dice, WT_hd95, ..., ET_accuracy``.
+        order and metrics in `METRIC_NAMES` order: ``WT_dice, WT_hd95, ..., WT_nsd,
+        WT_lesion_dice, WT_lesion_hd95, TC_dice, ...``; the lesion-wise ones
+        (`missu_keras.lesionwise`) for the BraTS conventions only.
     """
     conv = _convention(convention)
     pred_labels = np.asarray(pred_labels)
@@ -239,10 +247,24 @@ def score_case(
     gt_masks = conv.region_masks(gt_labels)
     row = {}
     for region in conv.regions:
-        for metric, value in binary_metrics(pred_masks[region], gt_masks[region],
-                                            spacing).items():
+        pred, gt = pred_masks[region], gt_masks[region]
+        scores = binary_metrics(pred, gt, spacing, nsd_tolerance_mm)
+        criteria = lesionwise.criteria_for(conv, region)
+        if criteria is not None:
+            lesions = lesionwise.lesion_wise(pred, gt, spacing, criteria)
+            scores.update(lesion_dice=lesions.dice, lesion_hd95=lesions.hd95)
+        for metric, value in scores.items():
             row[f"{region}_{metric}"] = value
     return row
+
+
+def _split_key(key: str) -> Tuple[str, Optional[str]]:
+    """``(region, metric)`` of a `score_case` key (``"ET_lesion_dice"`` -> ``("ET",
+    "lesion_dice")``), metric ``None`` for any other key; the longest metric name wins."""
+    for metric in sorted(METRIC_NAMES, key=len, reverse=True):
+        if key.endswith("_" + metric) and len(key) > len(metric) + 1:
+            return key[: -len(metric) - 1], metric
+    return key, None
 
 
 def summarize(rows: Iterable[Mapping[str, object]]) -> Dict[str, Dict[str, Dict[str, float]]]:
@@ -261,8 +283,8 @@ def summarize(rows: Iterable[Mapping[str, object]]) -> Dict[str, Dict[str, Dict[
     columns: Dict[str, Dict[str, List[float]]] = {}
     for row in rows:
         for key, value in row.items():
-            region, sep, metric = key.rpartition("_")
-            if not sep or metric not in METRIC_NAMES:
+            region, metric = _split_key(key)
+            if metric is None:
                 continue
             columns.setdefault(region, {}).setdefault(metric, []).append(float(value))
     summary = {}
@@ -302,10 +324,12 @@ def write_scores(
     out_dir: Union[str, os.PathLike],
     rows: Sequence[Mapping[str, object]],
     summary: Optional[Mapping] = None,
+    *,
+    convention: str = CONVENTION,
 ) -> Dict[str, str]:
     """Writes ``cases.csv`` (one row per case: ``case``, then the `score_case` keys),
-    ``summary.json`` (shaped like `summarize`) and ``convention.txt`` (`CONVENTION`),
-    each atomically.
+    ``summary.json`` (shaped like `summarize`) and ``convention.txt`` (``convention``:
+    `CONVENTION`, or `convention_text` at the NSD tolerance used), each atomically.
 
     Returns the three paths by name (``"cases"``, ``"summary"``, ``"convention"``).
     """
@@ -330,7 +354,7 @@ def write_scores(
     # Atomic (files.atomic_path): a full disk never leaves a truncated summary behind.
     write_text_atomic(paths["cases"], table.getvalue())
     write_json_atomic(paths["summary"], summary)
-    write_text_atomic(paths["convention"], CONVENTION + "\n")
+    write_text_atomic(paths["convention"], convention + "\n")
     return paths
 
 

@@ -46,6 +46,7 @@ from missu_keras.inference.ensemble import SegmenterEnsemble
 # The one inference implementation; re-exported here, where users have always found it.
 from missu_keras.inference.segmenter import (Segmentation, Segmenter,  # noqa: F401
                                              default_preprocessing)
+from missu_keras.labels import convention_name, label_mapping, relabel
 from missu_keras.models import MISSU
 from missu_keras.presets import list_presets
 from missu_keras.pretrained import PUBLISHED, load_missu
@@ -390,7 +391,7 @@ def warn_empty_modalities(case, loaded, log=None) -> List[str]:
 
 def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwrite: bool = False,
             save_probabilities: bool = False, modalities: Optional[Sequence[str]] = None,
-            log=print, **segmenter_kwargs) -> List[Path]:
+            log=print, output_labels=None, **segmenter_kwargs) -> List[Path]:
     """Segments cases and writes one label NIfTI per case (``<case>.nii.gz``) in its
     original grid, with the input's affine and header, labels in the dataset's
     convention; optionally ``<case>_probabilities.nii.gz`` (float32, classes last).
@@ -408,6 +409,11 @@ def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwri
         save_probabilities: also write the probability maps.
         modalities: for a file list whose names carry no modality: the modality of each
             file, in the order given (e.g. ``["flair", "t1ce", "t1", "t2"]``).
+        output_labels: write the labels in this convention (a registered name such as
+            ``"brats2023"``, see `missu_keras.labels.relabel`) instead of the model's
+            training convention; a mapping that cannot be made (a tissue the target has
+            no label for) is an error before any case is segmented. The probability maps
+            keep the model's class order.
         **segmenter_kwargs: `Segmenter` settings (overlap, flip_tta, precision, ...).
 
     Every file is written atomically (`missu_keras.data.io.write_nifti`): a failed
@@ -420,19 +426,29 @@ def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwri
         inputs = [inputs]
     with output_folder(out, "--out") as out:
         segmenter = load_segmenter(model, weights=weights, **segmenter_kwargs)
+        if output_labels is not None:  # an impossible mapping fails before any case is segmented
+            label_mapping(segmenter.preprocessing.convention, output_labels,
+                          what=f"--output-labels {convention_name(output_labels)}")
         cases = find_cases(inputs, segmenter.preprocessing, layout=layout, modalities=modalities)
         if not overwrite:
             refuse_existing(p for c in cases
                             for p in output_paths(out, c.case_id)[: 1 + save_probabilities])
-        return [_predict_case(segmenter, case, out, save_probabilities, log, f"[{i + 1}/{len(cases)}]")
+        return [_predict_case(segmenter, case, out, save_probabilities, log, f"[{i + 1}/{len(cases)}]",
+                              output_labels=output_labels)
                 for i, case in enumerate(cases)]
 
 
-def _predict_case(segmenter, case, out: Path, save_probabilities: bool, log, counter: str) -> Path:
-    """Segments one case and writes its files; returns the label file."""
+def _predict_case(segmenter, case, out: Path, save_probabilities: bool, log, counter: str,
+                  output_labels=None) -> Path:
+    """Segments one case and writes its files (labels in ``output_labels`` if given);
+    returns the label file."""
     loaded = load_images_only(case)
     warn_empty_modalities(case, loaded, log)
     result = segmenter.segment(loaded, return_probabilities=save_probabilities)
+    labels = result.labels
+    if output_labels is not None:
+        labels = relabel(labels, segmenter.preprocessing.convention, output_labels,
+                         what=f"case {case.case_id!r}")
     affine, header = reference_geometry(case)
     if affine is None:
         affine = loaded.affine
@@ -440,7 +456,7 @@ def _predict_case(segmenter, case, out: Path, save_probabilities: bool, log, cou
     if save_probabilities:  # the maps first: a label file is the mark of a finished case
         write_nifti(prob_path, result.probabilities.astype(np.float32), affine, header)
     try:
-        write_nifti(label_path, result.labels.astype(np.uint8), affine, header)
+        write_nifti(label_path, labels.astype(np.uint8), affine, header)
     except BaseException:
         if save_probabilities:  # no half-written case: the maps alone would block a re-run
             prob_path.unlink(missing_ok=True)

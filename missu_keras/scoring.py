@@ -43,7 +43,8 @@ from missu_keras.data.io import (check_finite, is_nifti, read_nifti_data, read_n
                                  strip_nifti_suffix)
 from missu_keras.files import output_folder, refuse_existing
 from missu_keras.labels import get_label_convention
-from missu_keras.metrics import score_case, summarize, write_scores
+from missu_keras.metrics import (DEFAULT_NSD_TOLERANCE_MM, convention_text, score_case, summarize,
+                                  write_scores)
 
 SEG_SUFFIXES = ("_seg", "-seg")
 SCORE_FILES = ("cases.csv", "summary.json", "convention.txt")
@@ -188,7 +189,8 @@ def check_same_grid(case: str, pred_path, pred_affine, gt_path, gt_affine,
         )
 
 
-def _score_pair(case: str, pred_path: Path, gt_path: Path, conv, ignore_affine: bool, log):
+def _score_pair(case: str, pred_path: Path, gt_path: Path, conv, ignore_affine: bool, log,
+                nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM):
     """The `score_case` row of one prediction / ground-truth pair, after checking that
     they share a shape and (unless ``ignore_affine``) an affine."""
     gt, gt_affine, gt_header = _load_labels(gt_path, conv)
@@ -205,12 +207,14 @@ def _score_pair(case: str, pred_path: Path, gt_path: Path, conv, ignore_affine: 
     if log and not np.allclose(spacing, pred_spacing, rtol=1e-3):
         log(f"warning: case {case!r}: prediction spacing {pred_spacing} differs from "
             f"ground truth {spacing} ({gt_path}); using the ground truth's")
-    return {"case": case, **score_case(pred, gt, spacing, conv)}
+    return {"case": case, **score_case(pred, gt, spacing, conv, nsd_tolerance_mm)}
 
 
 def score_directories(pred_dir, gt_dir, convention="brats", require_all: bool = False,
-                      log: Optional[Callable[[str], None]] = None, ignore_affine: bool = False):
-    """Scores every prediction under ``pred_dir`` against ``gt_dir``.
+                      log: Optional[Callable[[str], None]] = None, ignore_affine: bool = False,
+                      nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM):
+    """Scores every prediction under ``pred_dir`` against ``gt_dir`` (NSD at
+    ``nsd_tolerance_mm``).
 
     Returns ``(rows, summary, missing)``: one `score_case` dict per case with a
     ``"case"`` key first, the `summarize` dict, and the GT cases without a prediction.
@@ -222,7 +226,7 @@ def score_directories(pred_dir, gt_dir, convention="brats", require_all: bool = 
     pairs, missing = match_cases(pred_dir, gt_dir, require_all=require_all)
     rows = []
     for i, (case, pred_path, gt_path) in enumerate(pairs, start=1):
-        row = _score_pair(case, pred_path, gt_path, conv, ignore_affine, log)
+        row = _score_pair(case, pred_path, gt_path, conv, ignore_affine, log, nsd_tolerance_mm)
         rows.append(row)
         if log:
             dice = "  ".join(f"{r} {row[f'{r}_dice']:.4f}" for r in conv.regions)
@@ -232,17 +236,21 @@ def score_directories(pred_dir, gt_dir, convention="brats", require_all: bool = 
 
 def score_to_folder(pred_dir, gt_dir, out, convention="brats", require_all: bool = False,
                     ignore_affine: bool = False, overwrite: bool = False,
-                    log: Optional[Callable[[str], None]] = None):
+                    log: Optional[Callable[[str], None]] = None,
+                    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM):
     """``missu-keras score``: checks ``out`` (created, writable, no earlier results
     unless ``overwrite``) before scoring, then writes ``cases.csv``, ``summary.json`` and
-    ``convention.txt`` atomically (`missu_keras.metrics.write_scores`).
+    ``convention.txt`` (stating ``nsd_tolerance_mm``) atomically
+    (`missu_keras.metrics.write_scores`).
 
     Returns ``(rows, summary, missing, paths)``.
     """
     with output_folder(out, "--out") as out:
         if not overwrite:
             refuse_existing(out / name for name in SCORE_FILES)
+        text = convention_text(nsd_tolerance_mm)  # a bad tolerance fails before any scoring
         rows, summary, missing = score_directories(pred_dir, gt_dir, convention,
                                                    require_all=require_all, log=log,
-                                                   ignore_affine=ignore_affine)
-        return rows, summary, missing, write_scores(out, rows, summary)
+                                                   ignore_affine=ignore_affine,
+                                                   nsd_tolerance_mm=nsd_tolerance_mm)
+        return rows, summary, missing, write_scores(out, rows, summary, convention=text)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from missu_keras.cli.common import add_inference_arguments, segmenter_kwargs, weights_argument
+from missu_keras.labels import LABEL_CONVENTIONS  # light: no TensorFlow
 
 
 def register(subparsers):
@@ -22,6 +23,10 @@ def register(subparsers):
                    help="the modality of each listed NIfTI file, in the order given (e.g. "
                         "flair,t1ce,t1,t2), for files whose names carry none")
     p.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
+    p.add_argument("--output-labels", default=None, choices=sorted(LABEL_CONVENTIONS), metavar="NAME",
+                   help="write the labels in this convention (one of %(choices)s; e.g. brats2023: "
+                        "ET = 3), whatever the model was trained on; an impossible mapping is an "
+                        "error before any case is segmented (default: the model's own)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=run)
     return p
@@ -34,5 +39,5 @@ def run(args) -> int:
     model = args.model[0] if len(args.model) == 1 else args.model  # one --model: as it always was
     predict(args.inputs, args.out, model, weights=weights_argument(args.weights), layout=args.layout,
             overwrite=args.overwrite, save_probabilities=args.probabilities, modalities=modalities,
-            **segmenter_kwargs(args))
+            output_labels=args.output_labels, **segmenter_kwargs(args))
     return 0

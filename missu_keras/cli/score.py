@@ -2,9 +2,11 @@
 truth.
 
     missu-keras score --pred PRED_DIR --gt GT_DIR --out OUT_DIR [--convention brats]
-                      [--ignore-affine] [--overwrite]
+                      [--nsd-tolerance MM] [--ignore-affine] [--overwrite]
 
-Writes ``OUT_DIR/cases.csv`` (``case, WT_dice, WT_hd95, ...``), ``OUT_DIR/summary.json``
+Writes ``OUT_DIR/cases.csv`` (``case, WT_dice, WT_hd95, ..., WT_nsd, WT_lesion_dice,
+WT_lesion_hd95, ...``: whole-volume metrics, the normalised surface Dice and, for the BraTS
+conventions, the BraTS 2023 lesion-wise Dice and HD95), ``OUT_DIR/summary.json``
 (``{region: {metric: {mean, std, median}}}``) and ``OUT_DIR/convention.txt``, and prints
 a table and the scoring convention. ``OUT_DIR`` is checked before any case is scored, and
 earlier results in it are refused unless ``--overwrite``. Each prediction must have its
@@ -27,7 +29,11 @@ def register(subparsers):
     p.add_argument("--gt", required=True, help="folder of ground-truth segmentations")
     p.add_argument("--out", required=True, help="output folder for cases.csv, summary.json, convention.txt")
     p.add_argument("--convention", default="brats", choices=sorted(LABEL_CONVENTIONS),
-                   help="label convention of both folders (default: brats)")
+                   help="label convention of both folders (default: brats, the 2012-2021 "
+                        "labels 0/1/2/4; brats2023: ET = 3; brats2024: also RC = 4)")
+    p.add_argument("--nsd-tolerance", type=float, default=1.0, metavar="MM",
+                   help="tolerance of the normalised surface Dice (<region>_nsd) in mm "
+                        "(default: 1, one voxel of the BraTS grid)")
     p.add_argument("--require-all", action="store_true",
                    help="fail if a ground-truth case has no prediction")
     p.add_argument("--ignore-affine", action="store_true",
@@ -40,12 +46,13 @@ def register(subparsers):
 
 def run(args) -> int:
     # scipy / Keras metrics: imported when the command runs, not for --help.
-    from missu_keras.metrics import CONVENTION, format_summary_table
+    from missu_keras.metrics import convention_text, format_summary_table
     from missu_keras.scoring import score_to_folder
 
     rows, summary, missing, paths = score_to_folder(
         args.pred, args.gt, args.out, args.convention, require_all=args.require_all,
-        ignore_affine=args.ignore_affine, overwrite=args.overwrite, log=print)
+        ignore_affine=args.ignore_affine, overwrite=args.overwrite, log=print,
+        nsd_tolerance_mm=args.nsd_tolerance)
     print()
     print(f"Scored {len(rows)} case(s): predictions {args.pred} vs ground truth {args.gt} "
           f"({args.convention} convention)")
@@ -54,7 +61,7 @@ def run(args) -> int:
         print(f"{len(missing)} ground-truth case(s) without a prediction were not scored: {shown}")
     print(format_summary_table(summary))
     print()
-    print(CONVENTION)
+    print(convention_text(args.nsd_tolerance))
     print()
     print(f"Wrote {paths['cases']}, {paths['summary']} and {paths['convention']}")
     return 0

@@ -251,3 +251,22 @@ def test_region_dice_in_fit_equals_binary_metrics():
     assert 0.05 < expected < 0.95  # a non-trivial value, so agreement means something
     history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
     assert history.history["dice_fg"][0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_lesion_and_nsd_columns_are_summarised_and_documented():
+    # "ET_lesion_dice" is region ET, metric lesion_dice (not region "ET_lesion").
+    rows = [{"case": "a", "ET_lesion_dice": 0.5, "ET_lesion_hd95": 187.0, "ET_nsd": 1.0,
+             "ET_dice": 0.9}, {"case": "b", "ET_lesion_dice": 1.0, "ET_lesion_hd95": 0.0,
+                               "ET_nsd": 0.5, "ET_dice": 1.0}]
+    s = summarize(rows)
+    assert list(s) == ["ET"] and list(s["ET"]) == ["dice", "nsd", "lesion_dice", "lesion_hd95"]
+    assert s["ET"]["lesion_hd95"]["mean"] == 93.5 and s["ET"]["nsd"]["median"] == 0.75
+    assert "lesion_dice" in metrics.format_summary_table(s)
+    for phrase in ("26-connected", "374 mm", "50 mm^3", "20 mm^3", "dilated by 3", "Nikolov",
+                   "at a tolerance of 1 mm", "surfel", "false positive"):
+        assert phrase in CONVENTION, phrase
+    assert "at a tolerance of 2 mm" in metrics.convention_text(2.0)
+    with pytest.raises(ValueError, match="tolerance.*nan"):
+        metrics.convention_text(float("nan"))
+    chaos = score_case(brats_case() > 0, brats_case() > 0, (1, 1, 1), "chaos")
+    assert list(chaos) == [f"liver_{m}" for m in METRIC_NAMES if "lesion" not in m]

@@ -10,6 +10,7 @@ import pytest
 
 from missu_keras import scoring
 from missu_keras.cli import main
+from missu_keras.labels import relabel
 from missu_keras.metrics import EMPTY_MASK_DISTANCE_MM, METRIC_NAMES, score_case
 
 SPACING = (1.0, 1.5, 2.0)
@@ -170,3 +171,48 @@ def test_index_segmentations_layouts(tmp_path):
         scoring.index_segmentations(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         scoring.index_segmentations(tmp_path / "nowhere")
+
+
+def test_a_2023_relabelled_output_scores_like_the_2021_one(dataset, tmp_path):
+    # The same predictions and ground truths written in the 2023 labels (ET = 3, through
+    # labels.relabel) and scored with --convention brats2023 give the 2021 numbers.
+    gt, pred, cases = dataset
+    for case, (g, p) in cases.items():
+        save(tmp_path / "gt23" / f"{case}-seg.nii.gz", relabel(g, "brats2021", "brats2023"))
+        save(tmp_path / "pred23" / f"{case}.nii.gz", relabel(p, "brats2021", "brats2023"))
+    assert run(["score", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "o21"),
+                "--convention", "brats2021"]) == 0
+    assert run(["score", "--pred", str(tmp_path / "pred23"), "--gt", str(tmp_path / "gt23"),
+                "--out", str(tmp_path / "o23"), "--convention", "brats2023"]) == 0
+    scores21 = (tmp_path / "o21" / "cases.csv").read_text()
+    assert (tmp_path / "o23" / "cases.csv").read_text() == scores21
+    assert "ET_lesion_dice" in scores21 and "ET_nsd" in scores21
+    # BraTS2021_00001's prediction is shifted by one voxel: not perfect, lesion-wise too.
+    row = next(r for r in csv.DictReader(open(tmp_path / "o21" / "cases.csv"))
+               if r["case"] == "BraTS2021_00001")
+    assert 0 < float(row["WT_lesion_dice"]) < 1 and float(row["WT_nsd"]) == 1.0  # 1 voxel = 1 mm
+
+
+def test_brats2024_labels_are_scored_with_their_convention(tmp_path, capsys):
+    # A 2024 label map (ET = 3, RC = 4): refused by the 2021 convention (3 is no label
+    # there), scored with --convention brats2024, RC included.
+    seg = brats_labels()
+    seg[seg == 4] = 3
+    seg[13:16, 10:14, 8:12] = 4  # a resection cavity
+    save(tmp_path / "gt" / "c1_seg.nii.gz", seg)
+    save(tmp_path / "pred" / "c1.nii.gz", seg)
+    args = ["score", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    assert run(args + ["--out", str(tmp_path / "o")]) == 2  # brats: label 3 out of place
+    assert "[3]" in capsys.readouterr().err
+    assert run(args + ["--out", str(tmp_path / "o"), "--convention", "brats2024",
+                       "--nsd-tolerance", "2.5"]) == 0
+    row = next(csv.DictReader(open(tmp_path / "o" / "cases.csv")))
+    assert float(row["RC_dice"]) == 1.0 and float(row["RC_lesion_dice"]) == 1.0
+    assert float(row["NETC_nsd"]) == 1.0 and "SNFH_lesion_hd95" in row
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert list(summary) == ["WT", "TC", "ET", "NETC", "SNFH", "RC"]
+    assert list(summary["RC"]) == list(METRIC_NAMES)
+    convention = (tmp_path / "o" / "convention.txt").read_text()
+    assert "at a tolerance of 2.5 mm" in convention and "374 mm" in convention
+    printed = capsys.readouterr().out
+    assert "lesion_dice" in printed and "at a tolerance of 2.5 mm" in printed

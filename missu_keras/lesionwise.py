@@ -92,26 +92,28 @@ CRITERIA = {
 }
 
 CONVENTION = f"""\
-Lesion-wise metrics (missu_keras.lesionwise; <region>_lesion_dice, <region>_lesion_hd95),
-the BraTS 2023 definition (github.com/rachitsaluja/BraTS-2023-Metrics), for the BraTS
-conventions (brats = brats2021, brats2023, msd_brats, brats2024):
-- GT lesions: the GT region dilated by 3 iterations of the 18-connected structuring element,
-  split into 26-connected components; the GT voxels of one dilated component are one lesion
-  (lesions closer than the dilation merge). Predicted components: 26-connected.
-- A lesion is matched by every predicted component touching its dilation; its Dice and HD95
-  are against the union of those whole components. Missed lesion: Dice 0, HD95
+Lesion-wise metrics (missu_keras.lesionwise: <region>_lesion_dice, <region>_lesion_hd95),
+as the BraTS 2023 organisers define them (github.com/rachitsaluja/BraTS-2023-Metrics),
+for the BraTS conventions (brats = brats2021, brats2023, msd_brats, brats2024), per case:
+- GT lesions: the GT region dilated by 3 iterations of the 18-connected structuring
+  element, split into 26-connected components; the GT voxels of one dilated component
+  are one lesion (lesions closer than the dilation merge). Predicted components:
+  26-connected.
+- A lesion is matched by every predicted component touching its dilation; its Dice and
+  HD95 are against the union of those whole components. Missed lesion: Dice 0, HD95
   {MISS_DISTANCE_MM:g} mm. A predicted component touching no lesion's dilation is a false
-  positive: Dice 0, HD95 {MISS_DISTANCE_MM:g} mm, at any size (as the organisers' code).
-- GT lesions of at most the threshold volume (voxels x voxel volume) are left out: BraTS
-  2023 (brats, brats2021, brats2023, msd_brats) 50 mm^3; BraTS 2024 (brats2024) 20 mm^3, and
-  10 mm^3 for ET and RC (their code sets 10 for ET and does not reset it before RC).
+  positive: Dice 0, HD95 {MISS_DISTANCE_MM:g} mm, whatever its size (as their code).
+- GT lesions of at most the threshold volume (voxels x voxel volume) are left out (and a
+  prediction touching only such a lesion is no false positive): BraTS 2023 (brats,
+  brats2021, brats2023, msd_brats) 50 mm^3; BraTS 2024 (brats2024) 20 mm^3, but 10 mm^3 for
+  ET and RC (their code sets 10 for ET and does not reset it before RC).
 - Lesion-wise Dice = sum of the lesions' Dice / (lesions + false positives); HD95 likewise
   with {MISS_DISTANCE_MM:g} mm per false positive; no lesion and no false positive: Dice 1,
-  HD95 0.
-- Where we differ from the organisers' code: a lesion's HD95 is ours (max of the directed
-  95th percentiles over surface voxels, above), theirs DeepMind surface-distance's
-  (surfel-area weighted), so lesion HD95 can differ slightly, Dice never; the spacing is
-  the ground truth's header (theirs the prediction's; the grids are checked equal); the
+  HD95 0. Then averaged over cases like every metric.
+- Where we differ from their code: a lesion's HD95 is ours (max of the directed 95th
+  percentiles over surface voxels, as above), theirs DeepMind surface-distance's (surfel-
+  area weighted), so lesion HD95 can differ slightly, Dice never; the spacing is the
+  ground truth's header (theirs the prediction's; the grids are checked equal); their
   BraTS 2024 code also merges GT lesions of NETC, SNFH, ET and RC that touch lesions of
   another of these tissues, which we do not (each region's lesions are its own).
 - Other conventions (chaos, dataset-defined) get no lesion-wise columns."""

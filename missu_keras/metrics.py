@@ -93,11 +93,13 @@ Scoring convention (missu_keras.metrics):
   rule as Dice). No metric is ever NaN or infinite.
 - Summary: mean, population std (ddof=0) and median over cases, per region and metric.
 - NSD (<region>_nsd), the normalised surface Dice of Nikolov et al. 2021,
-  at a tolerance of {{tolerance}} mm: (prediction surface voxels within the tolerance of the
-  GT surface + GT surface voxels within the tolerance of the prediction surface) / (all
-  surface voxels of both), distances as for HD95. Approximation: surfaces counted in voxels (the surfaces
-  above), not in surface-element areas as DeepMind's surface-distance package weighs them.
-  Empty masks as Dice: both empty -> 1, exactly one -> 0.
+  at a tolerance of {{tolerance}} mm: (prediction surface voxels within the tolerance of
+  the GT surface + GT surface voxels within the tolerance of the prediction surface) /
+  (all surface voxels of both), distances as for HD95. Approximation: surfaces are
+  counted in voxels (the surfaces above), not in surface-element (surfel) areas as
+  DeepMind's surface-distance package weighs them. Empty masks as Dice: both empty -> 1,
+  exactly one -> 0. Default tolerance 1 mm: one voxel of the BraTS grid, where voxel
+  surface distances are 0, 1, 1.41, ... mm, so a smaller one is the same as 0.
 {lesionwise.CONVENTION}"""
 
 

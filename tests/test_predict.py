@@ -14,6 +14,8 @@ from missu_keras import cli
 from missu_keras.data import (PreprocessingConfig, find_brats_cases, preprocess_case,
                               restore_labels, write_synthetic_brats)
 from missu_keras.inference import SlidingWindowInferer
+from missu_keras.labels import relabel
+from missu_keras.metrics import score_case
 from missu_keras.prediction import Segmenter, load_segmenter
 from tests.conftest import NO_DROPOUT, TINY
 
@@ -165,3 +167,27 @@ def test_predict_refuses_a_non_finite_file_naming_it(setup, tmp_path):
     with pytest.raises(ValueError, match=rf"{path}.*non-finite.*NaN"):
         missu_keras.prediction.predict(broken, tmp_path / "out", root / "model.keras", log=None)
     assert not (tmp_path / "out" / f"{case.case_id}.nii.gz").exists()
+
+
+def test_predict_output_labels_writes_another_convention_and_refuses_an_impossible_one(
+        setup, tmp_path, capsys, monkeypatch):
+    root, _, _ = setup
+    case = find_brats_cases(root / "data")[0]
+    args = ["predict", str(case.directory), "--model", str(root / "model.keras")]
+    assert cli.main(args + ["--out", str(tmp_path / "p21")]) == 0
+    assert cli.main(args + ["--out", str(tmp_path / "p23"), "--output-labels", "brats2023"]) == 0
+    labels21 = np.asarray(nib.load(tmp_path / "p21" / f"{case.case_id}.nii.gz").dataobj)
+    labels23 = np.asarray(nib.load(tmp_path / "p23" / f"{case.case_id}.nii.gz").dataobj)
+    assert set(np.unique(labels23).tolist()) <= {0, 1, 2, 3}  # ET written as 3, not 4
+    np.testing.assert_array_equal(relabel(labels23, "brats2023", "brats2021"), labels21)
+    # Scored in its own convention, the 2023 output gives the 2021 output's numbers.
+    gt = case.load().labels
+    assert score_case(labels23, relabel(gt, "brats2021", "brats2023"), (1, 1, 1), "brats2023") == \
+        score_case(labels21, gt, (1, 1, 1), "brats2021")
+    # An impossible mapping (BraTS tissues as CHAOS liver) fails before any case is segmented.
+    monkeypatch.setattr(missu_keras.prediction, "_predict_case",
+                        lambda *a, **k: pytest.fail("a case was segmented"))
+    assert cli.main(args + ["--out", str(tmp_path / "pc"), "--output-labels", "chaos"]) == 2
+    err = capsys.readouterr().err
+    assert "'brats' labels cannot be mapped to 'chaos'" in err and "necrosis" in err
+    assert not (tmp_path / "pc").exists()

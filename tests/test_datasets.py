@@ -89,7 +89,8 @@ def test_msd_task01_is_scored_in_brats_regions(datasets):
     shifted = np.roll(msd.labels, 1, axis=0)
     in_msd = score_case(shifted, msd.labels, msd.spacing, "msd_brats")
     in_brats = score_case(convert_labels(shifted, "msd_brats", "brats"), brats.labels, brats.spacing, "brats")
-    assert {k for k in in_msd if k.endswith("_dice")} == {"WT_dice", "TC_dice", "ET_dice"}
+    assert {k for k in in_msd if k.endswith("_dice")} == {
+        f"{r}_{m}" for r in ("WT", "TC", "ET") for m in ("dice", "lesion_dice")}
     assert in_msd == in_brats and 0 < in_msd["WT_dice"] < 1
     with pytest.raises(ValueError, match="cannot be mapped to 'chaos'"):
         convert_labels(msd.labels, "msd_brats", "chaos")

@@ -110,7 +110,8 @@ def test_evaluate_writes_scores_and_summary(setup, tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary) == {"WT", "TC", "ET"}
     for region in summary.values():
-        assert set(region) == {"dice", "hd95", "hausdorff", "sensitivity", "specificity", "accuracy"}
+        assert set(region) == {"dice", "hd95", "hausdorff", "sensitivity", "specificity", "accuracy",
+                               "nsd", "lesion_dice", "lesion_hd95"}
         for stats in region.values():
             assert set(stats) == {"mean", "std", "median"}
     header = (tmp_path / "cases.csv").read_text().splitlines()[0].split(",")

@@ -5,12 +5,13 @@ import itertools
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from missu_keras.labels import LABEL_CONVENTIONS, get_label_convention, label_mapping, relabel
 from missu_keras.lesionwise import (BRATS_2023_GLI, MISS_DISTANCE_MM, LesionCriteria,
                                     criteria_for, lesion_wise)
 from missu_keras.metrics import score_case
-from missu_keras.surface import normalized_surface_dice
+from missu_keras.surface import hausdorff_percentile, normalized_surface_dice
 
 ONE_MM = (1.0, 1.0, 1.0)
 
@@ -201,3 +202,42 @@ def test_relabel_known_tables_and_dataset_conventions():
     with pytest.raises(ValueError, match="cannot be mapped to 'brats'"):
         relabel(np.array([0, 1]), spleen, "brats")
     assert get_label_convention("brats2021") is get_label_convention("brats")
+
+
+def brute_force_lesion_wise(pred, gt, spacing, dilation, min_volume_mm3):
+    """The organisers' procedure done the slow way (whole volume per lesion), as a check
+    of the bounding-box implementation; HD95 by our percentile rule."""
+    s26, s18 = np.ones((3, 3, 3), bool), ndimage.generate_binary_structure(3, 2)
+    dilate = (lambda m: ndimage.binary_dilation(m, s18, iterations=dilation)) if dilation else (lambda m: m)
+    pred_cc, n_pred = ndimage.label(pred, s26)
+    lesions = np.where(gt, ndimage.label(dilate(gt), s26)[0], 0)
+    matched, kept = set(), []
+    for k in range(1, lesions.max() + 1):
+        g = lesions == k
+        hits = set(np.unique(pred_cc[dilate(g)]).tolist()) - {0}
+        matched |= hits
+        p = np.isin(pred_cc, list(hits))
+        if g.sum() * np.prod(spacing) > min_volume_mm3:
+            hd = hausdorff_percentile(p, g, spacing, 95.0) if hits else MISS_DISTANCE_MM
+            kept.append((2 * (p & g).sum() / (p.sum() + g.sum()), hd, bool(hits)))
+    fp = n_pred - len(matched)
+    n = len(kept) + fp
+    if n == 0:
+        return 1.0, 0.0, 0, 0, 0
+    return (sum(d for d, _, _ in kept) / n, (sum(h for _, h, _ in kept) + fp * MISS_DISTANCE_MM) / n,
+            sum(hit for _, _, hit in kept), sum(not hit for _, _, hit in kept), fp)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lesion_wise_equals_the_brute_force_procedure_on_random_masks(seed):
+    rng = np.random.default_rng(seed)
+    shape = (30, 28, 24)
+    gt = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5) > 0.3
+    pred = np.roll(gt, rng.integers(-2, 3), axis=int(rng.integers(3)))
+    pred = (pred | (ndimage.gaussian_filter(rng.standard_normal(shape), 1.5) > 0.4)) & (rng.random(shape) > 0.05)
+    spacing = tuple(float(s) for s in rng.choice([1.0, 1.5, 2.0], 3))
+    criteria = LesionCriteria(int(rng.integers(0, 4)), float(rng.choice([2.0, 10.0, 50.0])))
+    r = lesion_wise(pred, gt, spacing, criteria)
+    want = brute_force_lesion_wise(pred, gt, spacing, criteria.dilation, criteria.min_volume_mm3)
+    assert (r.dice, r.hd95) == (pytest.approx(want[0]), pytest.approx(want[1]))
+    assert counts(r) == want[2:]

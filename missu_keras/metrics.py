@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
 from keras import ops
-from scipy import ndimage
 
 from missu_keras import lesionwise
 from missu_keras.files import write_json_atomic, write_text_atomic
@@ -46,7 +44,7 @@ from missu_keras.labels import LabelConvention, get_label_convention
 # importable from here, where callers have always found them.
 from missu_keras.surface import SURFACE_CONNECTIVITY  # noqa: F401
 from missu_keras.surface import check_spacing as _check_spacing
-from missu_keras.surface import surface_dice_from_distances, surface_distances
+from missu_keras.surface import check_tolerance, surface_dice_from_distances, surface_distances
 
 # HD95 / Hausdorff reported when exactly one of the two masks is empty: the diagonal of
 # the 240 x 240 x 155 BraTS box at 1 mm, sqrt(240^2 + 240^2 + 155^2) = 373.13 mm.
@@ -111,10 +109,7 @@ def convention_text(nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> str:
     >>> "at a tolerance of 2.5 mm" in convention_text(2.5)
     True
     """
-    tolerance = float(nsd_tolerance_mm)
-    if not (math.isfinite(tolerance) and tolerance >= 0):
-        raise ValueError(f"NSD tolerance must be a finite distance >= 0 in mm; received: "
-                         f"{nsd_tolerance_mm}")
+    tolerance = check_tolerance(nsd_tolerance_mm)
     return _CONVENTION_TEMPLATE.replace("{tolerance}", f"{tolerance:g}")
 
 
@@ -184,17 +179,18 @@ def binary_metrics(pred, gt, spacing: Sequence[float],
     tn = gt.size - tp - fp - fn
 
     dice = _dice_from_counts(tp, n_pred, n_gt)
+    nsd = dice  # the empty-mask rule of Dice (see CONVENTION)
     if n_pred == 0 and n_gt == 0:
         hd95, hd = 0.0, 0.0
-        distances = ([], [0.0])  # NSD 1: as Dice
     elif n_pred == 0 or n_gt == 0:
         hd95, hd = EMPTY_MASK_DISTANCE_MM, EMPTY_MASK_DISTANCE_MM
-        distances = ([], [math.inf])  # NSD 0: as Dice
     else:
-        distances = pred_to_gt, gt_to_pred = surface_distances(pred, gt, spacing)
+        pred_to_gt, gt_to_pred = surface_distances(pred, gt, spacing)
         hd95 = max(np.percentile(pred_to_gt, HD_PERCENTILE),
                    np.percentile(gt_to_pred, HD_PERCENTILE))
         hd = max(pred_to_gt.max(), gt_to_pred.max())
+        if nsd_tolerance_mm is not None:
+            nsd = surface_dice_from_distances(pred_to_gt, gt_to_pred, nsd_tolerance_mm)
 
     n_neg = gt.size - n_gt
     scores = {
@@ -206,7 +202,8 @@ def binary_metrics(pred, gt, spacing: Sequence[float],
         "accuracy": float((tp + tn) / gt.size) if gt.size else 1.0,
     }
     if nsd_tolerance_mm is not None:
-        scores["nsd"] = surface_dice_from_distances(*distances, float(nsd_tolerance_mm))
+        check_tolerance(nsd_tolerance_mm)
+        scores["nsd"] = float(nsd)
     return scores
 
 

@@ -90,13 +90,20 @@ def hausdorff_percentile(pred, gt, spacing: Sequence[float], percentile: float) 
     return float(max(np.percentile(pred_to_gt, percentile), np.percentile(gt_to_pred, percentile)))
 
 
-def surface_dice_from_distances(pred_to_gt, gt_to_pred, tolerance_mm: float) -> float:
-    """Normalised surface Dice from the directed distances of `surface_distances`: the
-    surface voxels of both masks within ``tolerance_mm`` of the other's surface, over all
-    surface voxels of both."""
-    if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
+def check_tolerance(tolerance_mm) -> float:
+    """``tolerance_mm`` as a finite float >= 0, else ``ValueError`` naming it."""
+    tolerance = float(tolerance_mm)
+    if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"NSD tolerance must be a finite distance >= 0 in mm; received: "
                          f"{tolerance_mm}")
+    return tolerance
+
+
+def surface_dice_from_distances(pred_to_gt, gt_to_pred, tolerance_mm: float) -> float:
+    """Normalised surface Dice from the directed distances of `surface_distances` (two
+    non-empty masks): the surface voxels of both masks within ``tolerance_mm`` of the
+    other's surface, over all surface voxels of both."""
+    tolerance_mm = check_tolerance(tolerance_mm)
     pred_to_gt, gt_to_pred = np.asarray(pred_to_gt), np.asarray(gt_to_pred)
     within = np.count_nonzero(pred_to_gt <= tolerance_mm) + np.count_nonzero(gt_to_pred <= tolerance_mm)
     return float(within / (pred_to_gt.size + gt_to_pred.size))
@@ -108,8 +115,8 @@ def normalized_surface_dice(pred, gt, spacing: Sequence[float], tolerance_mm: fl
     tolerance of the other surface. Both masks empty: 1; exactly one empty: 0 (the Dice
     rule of `missu_keras.metrics.CONVENTION`)."""
     pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    check_tolerance(tolerance_mm)
     has_pred, has_gt = bool(pred.any()), bool(gt.any())
     if not (has_pred and has_gt):
-        surface_dice_from_distances([], [0.0], tolerance_mm)  # checks the tolerance
         return 1.0 if has_pred == has_gt else 0.0
     return surface_dice_from_distances(*surface_distances(pred, gt, spacing), tolerance_mm)

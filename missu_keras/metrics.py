@@ -4,9 +4,12 @@ Two halves:
 
 - **Evaluation** on whole label volumes, in dataset labels (0/1/2/4 for BraTS):
   `binary_metrics` for one pair of masks, `score_case` for every region of a
-  `missu_keras.labels.LabelConvention`, `summarize` over cases, and the writers shared by
+  `missu_keras.labels.LabelConvention` (whole-volume metrics, the normalised surface Dice
+  at a tolerance, and for the BraTS conventions the BraTS 2023 lesion-wise Dice and HD95
+  of `missu_keras.lesionwise`), `summarize` over cases, and the writers shared by
   ``missu-keras score`` and ``missu-keras evaluate``. The conventions (empty masks, how
-  HD95 is taken, surfaces) are in `CONVENTION`, which every report prints.
+  HD95 is taken, surfaces, lesions) are in `CONVENTION` (`convention_text` at another NSD
+  tolerance), which every report prints.
 - **Training**: `RegionDice`, a Keras metric for ``fit`` that accumulates a global Dice
   of one region over an epoch, and `region_dice_metrics` that makes one per region.
 
@@ -99,8 +102,6 @@ Scoring convention (missu_keras.metrics):
   exactly one -> 0. Default tolerance 1 mm: one voxel of the BraTS grid, where voxel
   surface distances are 0, 1, 1.41, ... mm, so a smaller one is the same as 0.
 {lesionwise.CONVENTION}"""
-
-
 
 
 def convention_text(nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> str:
@@ -302,9 +303,20 @@ def summarize(rows: Iterable[Mapping[str, object]]) -> Dict[str, Dict[str, Dict[
 
 
 def format_summary_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """A plain-text table: one row per region, ``mean +/- std (median)`` per metric."""
-    metrics = [m for m in METRIC_NAMES if any(m in v for v in summary.values())]
-    header = ["region"] + metrics
+    """Plain-text tables: one row per region, ``mean +/- std (median)`` per metric; the
+    whole-volume metrics first, then NSD and the lesion-wise ones (a table of their own,
+    so that neither is too wide to read)."""
+    groups = (LEGACY_METRIC_NAMES, METRIC_NAMES[len(LEGACY_METRIC_NAMES):])
+    tables = []
+    for group in groups:
+        metrics = [m for m in group if any(m in v for v in summary.values())]
+        if metrics:
+            tables.append(_summary_table(summary, metrics))
+    return "\n\n".join(tables) + "\n(mean +/- std (median) over cases; distances in mm)"
+
+
+def _summary_table(summary, metrics: Sequence[str]) -> str:
+    header = ["region"] + list(metrics)
     lines = [header]
     for region, values in summary.items():
         cells = [region]
@@ -316,7 +328,7 @@ def format_summary_table(summary: Mapping[str, Mapping[str, Mapping[str, float]]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text) + "\n(mean +/- std (median) over cases; distances in mm)"
+    return "\n".join(text)
 
 
 def write_scores(

@@ -5,8 +5,9 @@ truth.
                       [--ignore-affine] [--overwrite]
 
 Writes ``OUT_DIR/cases.csv`` (``case, WT_dice, WT_hd95, ...``), ``OUT_DIR/summary.json``
-(``{region: {metric: {mean, std, median}}}``) and ``OUT_DIR/convention.txt``, and prints
-a table and the scoring convention. ``OUT_DIR`` is checked before any case is scored, and
+(``{region: {metric: {mean, std, median}}}``), ``OUT_DIR/convention.txt`` and
+``OUT_DIR/report.html`` (one self-contained page: `missu_keras.reports`), and prints a
+table and the scoring convention. ``OUT_DIR`` is checked before any case is scored, and
 earlier results in it are refused unless ``--overwrite``. Each prediction must have its
 ground truth's shape and affine (``--ignore-affine`` skips the affine check). How files
 are paired by case name: `missu_keras.scoring`.
@@ -25,7 +26,7 @@ def register(subparsers):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pred", required=True, help="folder of predicted segmentations")
     p.add_argument("--gt", required=True, help="folder of ground-truth segmentations")
-    p.add_argument("--out", required=True, help="output folder for cases.csv, summary.json, convention.txt")
+    p.add_argument("--out", required=True, help="output folder for cases.csv, summary.json, convention.txt, report.html")
     p.add_argument("--convention", default="brats", choices=sorted(LABEL_CONVENTIONS),
                    help="label convention of both folders (default: brats)")
     p.add_argument("--require-all", action="store_true",
@@ -56,5 +57,5 @@ def run(args) -> int:
     print()
     print(CONVENTION)
     print()
-    print(f"Wrote {paths['cases']}, {paths['summary']} and {paths['convention']}")
+    print(f"Wrote {paths['cases']}, {paths['summary']}, {paths['convention']} and {paths['report']}")
     return 0

@@ -152,8 +152,8 @@ def _plane(volume: Optional[np.ndarray], plane: str, index: int) -> Optional[np.
     up; in the sagittal plane anterior on the left)."""
     if volume is None:
         return None
-    cut = {"axial": volume[:, :, index], "coronal": volume[:, index, :],
-           "sagittal": volume[index, :, :]}[plane]
+    axis = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]
+    cut = np.take(volume, index, axis=axis)
     return np.ascontiguousarray(cut.T[::-1, ::-1])
 
 

@@ -13,7 +13,8 @@ extra), and the box plots are inline SVG generated here. It holds:
 - for the best, median and worst case by mean Dice over the regions, three planes
   (axial, coronal, sagittal) through the centre of the ground truth's foreground (the
   prediction's when the ground truth is empty): one image channel (FLAIR when there is
-  one) windowed to its 0.5-99.5 percentiles, the prediction as translucent fills and
+  one) windowed to the 0.5-99.5 percentiles of the planes' non-zero pixels, the
+  prediction as translucent fills and
   the ground truth as outlines, one colour per label.
 
 Only the 2-D slices of a case are kept (`CaseView`, a few kilobytes), so a long
@@ -37,7 +38,7 @@ import dataclasses
 import html
 import math
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import nibabel.orientations as orientations
 import numpy as np
@@ -130,17 +131,25 @@ def display_channel(channel_names: Sequence[str]) -> int:
     return 0
 
 
-def window(volume: np.ndarray) -> Tuple[float, float]:
+def window(*images: np.ndarray) -> Tuple[float, float]:
     """``(low, high)`` intensities mapped to black and white: `WINDOW_PERCENTILES` of
-    the non-zero voxels (of every voxel when all are zero).
+    the non-zero pixels of ``images`` together (of every pixel when all are zero).
 
-    >>> window(np.concatenate([np.zeros(50), np.arange(1.0, 101.0)]))
+    >>> window(np.zeros(50), np.arange(1.0, 101.0))
     (1.495, 99.505)
     """
-    volume = np.asarray(volume, np.float64)
-    values = volume[volume != 0] if np.any(volume) else volume.ravel()
+    values = np.concatenate([np.ravel(np.asarray(i, np.float64)) for i in images])
+    values = values[values != 0] if np.any(values) else values
     low, high = np.percentile(values, WINDOW_PERCENTILES)
     return float(low), float(high)
+
+
+def _windowed(images: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """The planes of one case as uint8 with one `window` over all of them."""
+    low, high = window(*images)
+    scale = 255.0 / max(high - low, 1e-6)
+    return [(np.clip((i.astype(np.float32) - low) * scale, 0, 255)).round().astype(np.uint8)
+            for i in images]
 
 
 def _to_ras(volume: Optional[np.ndarray], ornt: np.ndarray) -> Optional[np.ndarray]:
@@ -165,7 +174,8 @@ def case_view(case_id: str, pred, gt=None, image=None, affine=None, spacing=None
         case_id: the case's name.
         pred: predicted dataset labels ``(H, W, D)``.
         gt: ground-truth labels on the same grid, or ``None``.
-        image: one intensity channel ``(H, W, D)`` (windowed with `window`), or ``None``.
+        image: one intensity channel ``(H, W, D)``, or ``None``; the three planes are
+            windowed together (`window`).
         affine: the grid's voxel-to-world matrix (orients the planes; default: the
             voxel axes are taken as RAS, scaled by ``spacing``).
         spacing: voxel size in mm (default: from ``affine``, else 1 mm).
@@ -186,20 +196,14 @@ def case_view(case_id: str, pred, gt=None, image=None, affine=None, spacing=None
     for axis, (new_axis, flip) in enumerate(ornt.astype(int)):
         ras_centre[new_axis] = pred.shape[axis] - 1 - centre[axis] if flip < 0 else centre[axis]
         ras_spacing[new_axis] = float(spacing[axis])
-    shown = None
-    if image is not None:
-        low, high = window(image)
-        shown = np.clip((np.asarray(image, np.float32) - low) / max(high - low, 1e-6), 0, 1)
-        shown = (255 * shown).round().astype(np.uint8)
-    volumes = [_to_ras(v, ornt) for v in (shown, gt, pred)]
+    volumes = [_to_ras(v, ornt) for v in (image, gt, pred)]  # views: nothing copied
     x, y, z = ras_spacing
     normal = {"axial": (2, (y, x)), "coronal": (1, (z, x)), "sagittal": (0, (z, y))}
-    planes = {}
-    for plane in PLANES:
-        axis, pixel_mm = normal[plane]
-        index = ras_centre[axis]
-        image2d, gt2d, pred2d = (_plane(v, plane, index) for v in volumes)
-        planes[plane] = PlaneSlice(image2d, gt2d, pred2d, pixel_mm, index)
+    cuts = {p: [_plane(v, p, ras_centre[normal[p][0]]) for v in volumes] for p in PLANES}
+    if image is not None:  # the window of the three planes shown: no pass over the volume
+        for cut, shown in zip(cuts.values(), _windowed([c[0] for c in cuts.values()])):
+            cut[0] = shown
+    planes = {p: PlaneSlice(*cuts[p], normal[p][1], ras_centre[normal[p][0]]) for p in PLANES}
     return CaseView(case_id, tuple(centre), planes, image_name)
 
 

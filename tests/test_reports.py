@@ -9,7 +9,6 @@ import math
 import re
 import struct
 
-import nibabel as nib
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -209,19 +209,28 @@ def _score_pair(case: str, pred_path: Path, gt_path: Path, conv, ignore_affine: 
         log(f"warning: case {case!r}: prediction spacing {pred_spacing} differs from "
             f"ground truth {spacing} ({gt_path}); using the ground truth's")
     if views is not None:
-        views[case] = _case_view(case, pred, gt, gt_path, gt_affine, spacing)
+        views[case] = _case_view(case, pred, gt, gt_path, gt_affine, spacing, log)
     return {"case": case, **score_case(pred, gt, spacing, conv)}
 
 
-def _case_view(case: str, pred, gt, gt_path: Path, gt_affine, spacing):
+def _case_view(case: str, pred, gt, gt_path: Path, gt_affine, spacing, log):
     """The report slices of a case, over the FLAIR beside its ground truth when there is
-    one on the same grid (a BraTS layout), else over the labels alone."""
+    one on the same grid (a BraTS layout), else over the labels alone (an unreadable or
+    misaligned FLAIR is named in the log: it only decorates the report)."""
     image_path = find_display_image(gt_path, case)
     image = None
     if image_path is not None:
-        image, image_affine = read_nifti(image_path)
-        if image.shape != gt.shape or not np.allclose(image_affine, gt_affine, atol=AFFINE_TOLERANCE_MM):
+        try:
+            image, image_affine = read_nifti(image_path)
+        except ValueError as err:
+            image_affine, problem = None, str(err)
+        else:
+            problem = f"{image_path}: not on the grid of {gt_path}"
+        if image_affine is None or image.shape != gt.shape or not np.allclose(
+                image_affine, gt_affine, atol=AFFINE_TOLERANCE_MM):
             image = None
+            if log:
+                log(f"warning: case {case!r}: the report shows the labels alone ({problem})")
     return case_view(case, pred, gt=gt, image=image, affine=gt_affine, spacing=spacing,
                      image_name=None if image is None else image_path.name)
 

@@ -172,7 +172,11 @@ def test_score_writes_a_report_over_the_flair_beside_the_ground_truth(tmp_path):
         write_nifti(tmp_path / "pred" / f"{case}.nii.gz", np.roll(gt, i, axis=0), affine)
     flair = np.random.default_rng(0).random(gt.shape).astype(np.float32) + gt
     write_nifti(tmp_path / "gt" / "c2" / "c2_flair.nii.gz", flair, affine)
-    rows, _, _, paths = score_to_folder(tmp_path / "pred", tmp_path / "gt", tmp_path / "out")
+    (tmp_path / "gt" / "c3" / "c3_flair.nii.gz").write_bytes(b"not a NIfTI")  # only decoration
+    logged = []
+    rows, _, _, paths = score_to_folder(tmp_path / "pred", tmp_path / "gt", tmp_path / "out",
+                                        log=logged.append)
+    assert any("c3" in line and "labels alone" in line and "c3_flair" in line for line in logged)
     page = read_page(tmp_path / "out" / "report.html")
     assert paths["report"] == str(tmp_path / "out" / "report.html")
     assert [r[0] for r in page.rows["cases"]] == ["c1", "c2", "c3"]

@@ -23,6 +23,7 @@ from missu_keras.labels import convert_labels
 from missu_keras.metrics import CONVENTION, format_summary_table, score_case, summarize, write_scores
 from missu_keras.prediction import (find_cases, load_segmenter, reference_geometry,
                                     warn_empty_modalities)
+from missu_keras.reports import loaded_case_view, write_score_report
 from missu_keras.scoring import SCORE_FILES
 from missu_keras.training.folds import SPLITS_FILE, fold_models, is_cross_validation_run, read_splits
 
@@ -39,8 +40,10 @@ def evaluate(model, data, out, weights="published", layout: str = "auto",
         data: a folder of cases (any layout of `missu_keras.data.datasets`); a ground
             truth in another convention with the same classes (Decathlon Task01 for a
             BraTS model) is scored in the model's convention and regions.
-        out: output folder for ``cases.csv``, ``summary.json``, ``convention.txt`` (and
-            ``predictions/<case>.nii.gz`` with ``save_predictions``); created and checked
+        out: output folder for ``cases.csv``, ``summary.json``, ``convention.txt``,
+            ``report.html`` (`missu_keras.reports`: table, box plots, the best, median
+            and worst case drawn) (and ``predictions/<case>.nii.gz`` with
+            ``save_predictions``); created and checked
             for writability before anything else, every file written atomically.
         layout: one of `missu_keras.data.datasets.LAYOUTS` (default ``"auto"``).
         case_ids: only these cases (default: every case with a segmentation).
@@ -69,13 +72,16 @@ def evaluate(model, data, out, weights="published", layout: str = "auto",
             prepare_output_dir(out / "predictions", "--out/predictions")
             if not overwrite:
                 refuse_existing(_prediction_path(out, c) for c in cases)
-        rows, skipped = _score_cases(segmenter, cases, out, save_predictions, skip_invalid, log)
+        views = {}
+        rows, skipped = _score_cases(segmenter, cases, out, save_predictions, skip_invalid, log, views)
         if not rows:
             raise ValueError(f"every case under {data} failed validation: {skipped}")
         summary = summarize(rows)
         paths = write_scores(out, rows, summary)
         if skipped:
             write_json_atomic(paths["summary"], {**summary, "skipped": skipped})
+        paths["report"] = str(write_score_report(
+            out, rows, summary, segmenter.preprocessing.convention, views, note=f"evaluate: {data}."))
     _log_scores(log, summary, paths)
     return rows, summary
 
@@ -84,8 +90,10 @@ def _prediction_path(out: Path, case) -> Path:
     return out / "predictions" / f"{case.case_id}.nii.gz"
 
 
-def _score_cases(segmenter, cases, out: Path, save_predictions: bool, skip_invalid: bool, log):
-    """Segments and scores each case: ``(rows, skipped)``."""
+def _score_cases(segmenter, cases, out: Path, save_predictions: bool, skip_invalid: bool, log,
+                 views: Optional[dict] = None):
+    """Segments and scores each case: ``(rows, skipped)``; ``views`` (a dict) receives
+    each case's report slices (`missu_keras.reports.CaseView`)."""
     conv = segmenter.preprocessing.convention
     rows, skipped = [], []
     t0 = time.time()
@@ -106,6 +114,8 @@ def _score_cases(segmenter, cases, out: Path, save_predictions: bool, skip_inval
         result = segmenter.segment(loaded)
         row = {"case": case.case_id, **score_case(result.labels, loaded.labels, loaded.spacing, conv)}
         rows.append(row)
+        if views is not None:  # three small slices per case: the volumes are not kept
+            views[case.case_id] = loaded_case_view(loaded, result.labels)
         if save_predictions:
             affine, header = reference_geometry(case)
             write_nifti(_prediction_path(out, case), result.labels.astype(np.uint8),
@@ -164,7 +174,7 @@ def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequ
         cases = _fold_cases(data, segmenter.preprocessing, layout, splits, wanted, log)
         if save_predictions:
             prepare_output_dir(out / "predictions", "--out/predictions")
-        rows, skipped, by_fold = [], [], {}
+        rows, skipped, by_fold, views = [], [], {}, {}
         for k, folder in models.items():
             if k:
                 segmenter = load_segmenter(str(folder), **segmenter_kwargs)
@@ -172,7 +182,7 @@ def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequ
             fold_cases = [c for c in cases if c.case_id in val]
             log(f"fold {k} ({folder}): {len(fold_cases)} validation cases")
             fold_rows, fold_skipped = _score_cases(segmenter, fold_cases, out, save_predictions,
-                                                   skip_invalid, log)
+                                                   skip_invalid, log, views)
             rows += [{"case": r["case"], "fold": k, **r} for r in fold_rows]
             skipped += fold_skipped
             if fold_rows:
@@ -183,6 +193,8 @@ def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequ
         paths = write_scores(out, rows, summary)
         write_json_atomic(paths["summary"], {**summary, "folds": by_fold,
                                              **({"skipped": skipped} if skipped else {})})
+        paths["report"] = str(write_score_report(
+            out, rows, summary, segmenter.preprocessing.convention, views, note=f"evaluate (out of fold): {run} on {data}."))
     log(f"cross-validation over {len(models)} folds, {len(rows)} cases (out-of-fold):")
     _log_scores(log, summary, paths)
     return rows, summary
@@ -219,4 +231,4 @@ def _log_scores(log, summary, paths) -> None:
     """The summary table, the scoring conventions and the files written."""
     log(format_summary_table(summary))
     log(CONVENTION)
-    log(f"wrote {paths['cases']}, {paths['summary']}")
+    log(f"wrote {paths['cases']}, {paths['summary']}" + (f", {paths['report']}" if "report" in paths else ""))

@@ -39,15 +39,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from missu_keras.data.io import (check_finite, is_nifti, read_nifti_data, read_nifti_header,
-                                 strip_nifti_suffix)
+from missu_keras.data.io import (check_finite, is_nifti, read_nifti, read_nifti_data,
+                                 read_nifti_header, strip_nifti_suffix)
 from missu_keras.files import output_folder, refuse_existing
 from missu_keras.labels import get_label_convention
 from missu_keras.metrics import (DEFAULT_NSD_TOLERANCE_MM, convention_text, score_case, summarize,
                                   write_scores)
+from missu_keras.reports import case_view, find_display_image, write_score_report
 
 SEG_SUFFIXES = ("_seg", "-seg")
-SCORE_FILES = ("cases.csv", "summary.json", "convention.txt")
+SCORE_FILES = ("cases.csv", "summary.json", "convention.txt", "report.html")
 # Largest difference allowed between a prediction's and its ground truth's affine entries
 # (mm for the origin, mm per voxel for the rest): far below a voxel, far above the
 # float32 rounding of headers written by other tools.
@@ -190,9 +191,10 @@ def check_same_grid(case: str, pred_path, pred_affine, gt_path, gt_affine,
 
 
 def _score_pair(case: str, pred_path: Path, gt_path: Path, conv, ignore_affine: bool, log,
-                nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM):
+                nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, views: Optional[dict] = None):
     """The `score_case` row of one prediction / ground-truth pair, after checking that
-    they share a shape and (unless ``ignore_affine``) an affine."""
+    they share a shape and (unless ``ignore_affine``) an affine; ``views`` (a dict)
+    receives the case's report slices (`missu_keras.reports`)."""
     gt, gt_affine, gt_header = _load_labels(gt_path, conv)
     pred, pred_affine, pred_header = _load_labels(pred_path, conv)
     if pred.shape != gt.shape:
@@ -207,12 +209,37 @@ def _score_pair(case: str, pred_path: Path, gt_path: Path, conv, ignore_affine: 
     if log and not np.allclose(spacing, pred_spacing, rtol=1e-3):
         log(f"warning: case {case!r}: prediction spacing {pred_spacing} differs from "
             f"ground truth {spacing} ({gt_path}); using the ground truth's")
+    if views is not None:
+        views[case] = _case_view(case, pred, gt, gt_path, gt_affine, spacing, log)
     return {"case": case, **score_case(pred, gt, spacing, conv, nsd_tolerance_mm)}
+
+
+def _case_view(case: str, pred, gt, gt_path: Path, gt_affine, spacing, log):
+    """The report slices of a case, over the FLAIR beside its ground truth when there is
+    one on the same grid (a BraTS layout), else over the labels alone (an unreadable or
+    misaligned FLAIR is named in the log: it only decorates the report)."""
+    image_path = find_display_image(gt_path, case)
+    image = None
+    if image_path is not None:
+        try:
+            image, image_affine = read_nifti(image_path)
+        except ValueError as err:
+            image_affine, problem = None, str(err)
+        else:
+            problem = f"{image_path}: not on the grid of {gt_path}"
+        if image_affine is None or image.shape != gt.shape or not np.allclose(
+                image_affine, gt_affine, atol=AFFINE_TOLERANCE_MM):
+            image = None
+            if log:
+                log(f"warning: case {case!r}: the report shows the labels alone ({problem})")
+    return case_view(case, pred, gt=gt, image=image, affine=gt_affine, spacing=spacing,
+                     image_name=None if image is None else image_path.name)
 
 
 def score_directories(pred_dir, gt_dir, convention="brats", require_all: bool = False,
                       log: Optional[Callable[[str], None]] = None, ignore_affine: bool = False,
-                      nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM):
+                      nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+                      views: Optional[dict] = None):
     """Scores every prediction under ``pred_dir`` against ``gt_dir`` (NSD at
     ``nsd_tolerance_mm``).
 
@@ -220,13 +247,14 @@ def score_directories(pred_dir, gt_dir, convention="brats", require_all: bool = 
     ``"case"`` key first, the `summarize` dict, and the GT cases without a prediction.
     Spacing comes from the ground-truth header (``get_zooms()[:3]``). A prediction must
     have the ground truth's shape and affine (within `AFFINE_TOLERANCE_MM`; not checked
-    with ``ignore_affine``).
+    with ``ignore_affine``). ``views`` (a dict) receives each case's report slices.
     """
     conv = get_label_convention(convention)
     pairs, missing = match_cases(pred_dir, gt_dir, require_all=require_all)
     rows = []
     for i, (case, pred_path, gt_path) in enumerate(pairs, start=1):
-        row = _score_pair(case, pred_path, gt_path, conv, ignore_affine, log, nsd_tolerance_mm)
+        row = _score_pair(case, pred_path, gt_path, conv, ignore_affine, log, nsd_tolerance_mm,
+                          views)
         rows.append(row)
         if log:
             dice = "  ".join(f"{r} {row[f'{r}_dice']:.4f}" for r in conv.regions)
@@ -241,7 +269,9 @@ def score_to_folder(pred_dir, gt_dir, out, convention="brats", require_all: bool
     """``missu-keras score``: checks ``out`` (created, writable, no earlier results
     unless ``overwrite``) before scoring, then writes ``cases.csv``, ``summary.json`` and
     ``convention.txt`` (stating ``nsd_tolerance_mm``) atomically
-    (`missu_keras.metrics.write_scores`).
+    (`missu_keras.metrics.write_scores`), and ``report.html`` (`missu_keras.reports`:
+    over the FLAIR beside each ground truth when the GT folder holds one, a BraTS layout;
+    else over the labels alone).
 
     Returns ``(rows, summary, missing, paths)``.
     """
@@ -249,8 +279,12 @@ def score_to_folder(pred_dir, gt_dir, out, convention="brats", require_all: bool
         if not overwrite:
             refuse_existing(out / name for name in SCORE_FILES)
         text = convention_text(nsd_tolerance_mm)  # a bad tolerance fails before any scoring
+        views = {}
         rows, summary, missing = score_directories(pred_dir, gt_dir, convention,
                                                    require_all=require_all, log=log,
                                                    ignore_affine=ignore_affine,
-                                                   nsd_tolerance_mm=nsd_tolerance_mm)
-        return rows, summary, missing, write_scores(out, rows, summary, convention=text)
+                                                   nsd_tolerance_mm=nsd_tolerance_mm, views=views)
+        paths = write_scores(out, rows, summary, convention=text)
+        paths["report"] = str(write_score_report(out, rows, summary, convention, views,
+                                                 note=f"score: {pred_dir} against {gt_dir}."))
+        return rows, summary, missing, paths

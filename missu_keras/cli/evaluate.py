@@ -10,7 +10,7 @@ def register(subparsers):
     p = subparsers.add_parser(
         "evaluate", help="segment labelled cases and score them (Dice, HD95, ...)",
         description="Segments every case with a ground truth under DATA and writes cases.csv, "
-                    "summary.json and convention.txt to --out (checked before any work; "
+                    "summary.json, convention.txt and report.html to --out (checked before any work; "
                     "earlier results are refused unless --overwrite). With --model a "
                     "cross-validation run folder (train --folds), each fold segments its own "
                     "validation cases and one summary covers them all.")

@@ -7,8 +7,9 @@ truth.
 Writes ``OUT_DIR/cases.csv`` (``case, WT_dice, WT_hd95, ..., WT_nsd, WT_lesion_dice,
 WT_lesion_hd95, ...``: whole-volume metrics, the normalised surface Dice and, for the BraTS
 conventions, the BraTS 2023 lesion-wise Dice and HD95), ``OUT_DIR/summary.json``
-(``{region: {metric: {mean, std, median}}}``) and ``OUT_DIR/convention.txt``, and prints
-a table and the scoring convention. ``OUT_DIR`` is checked before any case is scored, and
+(``{region: {metric: {mean, std, median}}}``), ``OUT_DIR/convention.txt`` and
+``OUT_DIR/report.html`` (one self-contained page: `missu_keras.reports`), and prints a
+table and the scoring convention. ``OUT_DIR`` is checked before any case is scored, and
 earlier results in it are refused unless ``--overwrite``. Each prediction must have its
 ground truth's shape and affine (``--ignore-affine`` skips the affine check). How files
 are paired by case name: `missu_keras.scoring`.
@@ -27,7 +28,7 @@ def register(subparsers):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pred", required=True, help="folder of predicted segmentations")
     p.add_argument("--gt", required=True, help="folder of ground-truth segmentations")
-    p.add_argument("--out", required=True, help="output folder for cases.csv, summary.json, convention.txt")
+    p.add_argument("--out", required=True, help="output folder for cases.csv, summary.json, convention.txt, report.html")
     p.add_argument("--convention", default="brats", choices=sorted(LABEL_CONVENTIONS),
                    help="label convention of both folders (default: brats, the 2012-2021 "
                         "labels 0/1/2/4; brats2023: ET = 3; brats2024: also RC = 4)")
@@ -63,5 +64,5 @@ def run(args) -> int:
     print()
     print(convention_text(args.nsd_tolerance))
     print()
-    print(f"Wrote {paths['cases']}, {paths['summary']} and {paths['convention']}")
+    print(f"Wrote {paths['cases']}, {paths['summary']}, {paths['convention']} and {paths['report']}")
     return 0

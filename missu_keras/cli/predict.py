@@ -21,7 +21,12 @@ def register(subparsers):
     p.add_argument("--modalities", default=None, metavar="M1,M2,...",
                    help="the modality of each listed NIfTI file, in the order given (e.g. "
                         "flair,t1ce,t1,t2), for files whose names carry none")
-    p.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write <case>_probabilities.nii.gz: the (averaged) probabilities, one "
+                        "channel per class on the 4th axis, 16 bits a value (uint16 x 1/65535)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write <case>_entropy.nii.gz: the voxelwise entropy (float32, nats, at "
+                        "most ln K) of the probabilities averaged over the models and --tta flips")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=run)
     return p
@@ -34,5 +39,6 @@ def run(args) -> int:
     model = args.model[0] if len(args.model) == 1 else args.model  # one --model: as it always was
     predict(args.inputs, args.out, model, weights=weights_argument(args.weights), layout=args.layout,
             overwrite=args.overwrite, save_probabilities=args.probabilities, modalities=modalities,
+            uncertainty=args.uncertainty,
             **segmenter_kwargs(args))
     return 0

@@ -22,7 +22,7 @@ from missu_keras.inference.uncertainty import (UNCERTAINTY_COLUMNS, entropy,
                                                entropy_by_correctness, max_entropy)
 from missu_keras.evaluation import evaluate
 from missu_keras.inference import Segmenter
-from missu_keras.prediction import predict
+from missu_keras.prediction import load_segmenter, predict
 from tests.conftest import NO_DROPOUT, TINY
 from tests.helpers import run_command
 
@@ -128,6 +128,16 @@ def test_the_commands_pass_several_models_and_the_new_flags(monkeypatch, tmp_pat
     calls.clear()
     run_command(["evaluate", "data", "--out", "o", "--model", "RUN"])  # one: as it always was
     assert calls["evaluate"][0][0] == "RUN" and calls["evaluate"][1]["uncertainty"] is False
+
+
+def test_tta_reaches_every_member_and_a_built_segmenter_keeps_its_settings(setup):
+    _, models, _, ensemble, _, _, _ = setup
+    with_tta = load_segmenter(models, flip_tta=True)
+    assert isinstance(with_tta, SegmenterEnsemble) and len(with_tta.members) == 2
+    assert all(m.inferer.flip_tta for m in with_tta.members)
+    assert load_segmenter(ensemble) is ensemble
+    with pytest.raises(ValueError, match=r"SegmenterEnsemble already built keeps its own settings"):
+        load_segmenter(ensemble, flip_tta=True)
 
 
 def test_predict_an_ensemble_writes_the_mean_probabilities_and_their_entropy(setup, tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 
 from missu_keras.data.io import write_nifti
 from missu_keras.files import output_folder, prepare_output_dir, refuse_existing, write_json_atomic
+from missu_keras.inference.uncertainty import entropy, entropy_by_correctness, summarize_uncertainty
 from missu_keras.labels import convert_labels
 from missu_keras.metrics import CONVENTION, format_summary_table, score_case, summarize, write_scores
 from missu_keras.prediction import (find_cases, load_segmenter, reference_geometry,
@@ -30,12 +31,15 @@ from missu_keras.training.folds import SPLITS_FILE, fold_models, is_cross_valida
 
 def evaluate(model, data, out, weights="published", layout: str = "auto",
              case_ids: Optional[Sequence[str]] = None, save_predictions: bool = False,
-             skip_invalid: bool = False, overwrite: bool = False, log=print, **segmenter_kwargs):
+             skip_invalid: bool = False, overwrite: bool = False, log=print,
+             uncertainty: bool = False, **segmenter_kwargs):
     """Segments every labelled case under ``data`` and scores it against its ground truth.
 
     Args:
-        model, weights: see `missu_keras.prediction.load_segmenter`; a
-            cross-validation run folder (``train --folds``) is scored out of fold
+        model, weights: see `missu_keras.prediction.load_segmenter`; a list of models
+            is an ensemble (their probabilities averaged, `load_ensemble`; members
+            whose preprocessing contracts differ are refused, naming the field); a
+            cross-validation run folder alone (``train --folds``) is scored out of fold
             (`evaluate_folds`).
         data: a folder of cases (any layout of `missu_keras.data.datasets`); a ground
             truth in another convention with the same classes (Decathlon Task01 for a
@@ -53,6 +57,9 @@ def evaluate(model, data, out, weights="published", layout: str = "auto",
             raised before anything is computed, as for ``predict``).
         log: a ``print``-like function for progress and the summary table; ``None``:
             quiet.
+        uncertainty: also how the entropy of the (averaged) probabilities relates to the
+            errors (`missu_keras.inference.uncertainty`): columns in ``cases.csv``,
+            ``"uncertainty"`` in ``summary.json``.
         **segmenter_kwargs: `missu_keras.prediction.Segmenter` settings.
 
     Returns:
@@ -62,7 +69,8 @@ def evaluate(model, data, out, weights="published", layout: str = "auto",
     if isinstance(model, (str, os.PathLike)) and is_cross_validation_run(model):
         return evaluate_folds(model, data, out, layout=layout, case_ids=case_ids,
                               save_predictions=save_predictions, skip_invalid=skip_invalid,
-                              overwrite=overwrite, log=log, **segmenter_kwargs)
+                              overwrite=overwrite, log=log, uncertainty=uncertainty,
+                              **segmenter_kwargs)
     with output_folder(out, "--out") as out:
         if not overwrite:
             refuse_existing(out / name for name in SCORE_FILES)
@@ -73,17 +81,26 @@ def evaluate(model, data, out, weights="published", layout: str = "auto",
             if not overwrite:
                 refuse_existing(_prediction_path(out, c) for c in cases)
         views = {}
-        rows, skipped = _score_cases(segmenter, cases, out, save_predictions, skip_invalid, log, views)
+        rows, skipped = _score_cases(segmenter, cases, out, save_predictions, skip_invalid, log,
+                                     uncertainty, views)
         if not rows:
             raise ValueError(f"every case under {data} failed validation: {skipped}")
         summary = summarize(rows)
         paths = write_scores(out, rows, summary)
-        if skipped:
-            write_json_atomic(paths["summary"], {**summary, "skipped": skipped})
+        extra = _summary_extras(rows, skipped, uncertainty)
+        if extra:
+            write_json_atomic(paths["summary"], {**summary, **extra})
         paths["report"] = str(write_score_report(
             out, rows, summary, segmenter.preprocessing.convention, views, note=f"evaluate: {data}."))
-    _log_scores(log, summary, paths)
+    _log_scores(log, summary, paths, extra.get("uncertainty"))
     return rows, summary
+
+
+def _summary_extras(rows, skipped, uncertainty: bool) -> dict:
+    """What ``summary.json`` holds beside the region scores: ``"skipped"`` cases and
+    the ``"uncertainty"`` summary, when there are."""
+    return {**({"skipped": skipped} if skipped else {}),
+            **({"uncertainty": summarize_uncertainty(rows)} if uncertainty else {})}
 
 
 def _prediction_path(out: Path, case) -> Path:
@@ -91,7 +108,7 @@ def _prediction_path(out: Path, case) -> Path:
 
 
 def _score_cases(segmenter, cases, out: Path, save_predictions: bool, skip_invalid: bool, log,
-                 views: Optional[dict] = None):
+                 uncertainty: bool = False, views: Optional[dict] = None):
     """Segments and scores each case: ``(rows, skipped)``; ``views`` (a dict) receives
     each case's report slices (`missu_keras.reports.CaseView`)."""
     conv = segmenter.preprocessing.convention
@@ -111,8 +128,11 @@ def _score_cases(segmenter, cases, out: Path, save_predictions: bool, skip_inval
             log(f"skipping {case.case_id}: {err}")
             continue
         warn_empty_modalities(case, loaded, log)
-        result = segmenter.segment(loaded)
+        result = segmenter.segment(loaded, return_probabilities=uncertainty)
         row = {"case": case.case_id, **score_case(result.labels, loaded.labels, loaded.spacing, conv)}
+        if uncertainty:
+            row.update(entropy_by_correctness(entropy(result.probabilities), result.labels,
+                                              loaded.labels))
         rows.append(row)
         if views is not None:  # three small slices per case: the volumes are not kept
             views[case.case_id] = loaded_case_view(loaded, result.labels)
@@ -142,7 +162,8 @@ def _labelled_cases(data, preprocessing, layout: str, case_ids: Optional[Sequenc
 
 def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequence[str]] = None,
                    save_predictions: bool = False, skip_invalid: bool = False,
-                   overwrite: bool = False, log=print, **segmenter_kwargs):
+                   overwrite: bool = False, log=print, uncertainty: bool = False,
+                   **segmenter_kwargs):
     """Cross-validation summary of a ``train --folds`` run: every fold's model segments
     the validation cases of its split (``run/splits.json``), the out-of-fold predictions
     are scored, and one set of files is written as by `evaluate`: ``cases.csv`` (one row
@@ -155,8 +176,8 @@ def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequ
         data: the folder of labelled cases the run was trained on (each case of the
             splits must be there; cases no fold validates on are named in the log and
             left out).
-        out, layout, save_predictions, skip_invalid, overwrite, log, **segmenter_kwargs:
-            as for `evaluate`.
+        out, layout, save_predictions, skip_invalid, overwrite, log, uncertainty,
+            **segmenter_kwargs: as for `evaluate`.
         case_ids: only these cases (default: every case of the splits).
 
     Returns:
@@ -182,7 +203,7 @@ def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequ
             fold_cases = [c for c in cases if c.case_id in val]
             log(f"fold {k} ({folder}): {len(fold_cases)} validation cases")
             fold_rows, fold_skipped = _score_cases(segmenter, fold_cases, out, save_predictions,
-                                                   skip_invalid, log, views)
+                                                   skip_invalid, log, uncertainty, views)
             rows += [{"case": r["case"], "fold": k, **r} for r in fold_rows]
             skipped += fold_skipped
             if fold_rows:
@@ -191,12 +212,13 @@ def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequ
             raise ValueError(f"every case under {data} failed validation: {skipped}")
         summary = summarize(rows)
         paths = write_scores(out, rows, summary)
-        write_json_atomic(paths["summary"], {**summary, "folds": by_fold,
-                                             **({"skipped": skipped} if skipped else {})})
+        extra = _summary_extras(rows, skipped, uncertainty)
+        write_json_atomic(paths["summary"], {**summary, "folds": by_fold, **extra})
         paths["report"] = str(write_score_report(
-            out, rows, summary, segmenter.preprocessing.convention, views, note=f"evaluate (out of fold): {run} on {data}."))
+            out, rows, summary, segmenter.preprocessing.convention, views,
+            note=f"evaluate (out of fold): {run} on {data}."))
     log(f"cross-validation over {len(models)} folds, {len(rows)} cases (out-of-fold):")
-    _log_scores(log, summary, paths)
+    _log_scores(log, summary, paths, extra.get("uncertainty"))
     return rows, summary
 
 
@@ -227,8 +249,14 @@ def _fold_cases(data, preprocessing, layout: str, splits, wanted: Sequence[str],
     return [c for c in found if c.case_id in keep]
 
 
-def _log_scores(log, summary, paths) -> None:
-    """The summary table, the scoring conventions and the files written."""
+def _log_scores(log, summary, paths, uncertainty=None) -> None:
+    """The summary table, the scoring conventions (and the uncertainty summary) and the
+    files written."""
     log(format_summary_table(summary))
     log(CONVENTION)
+    if uncertainty:
+        correct, wrong = uncertainty["entropy_correct_mean"], uncertainty["entropy_wrong_mean"]
+        log(f"mean entropy: {correct['mean']:.4f} on correct voxels, {wrong['mean']:.4f} on wrong "
+            f"voxels ({uncertainty['entropy_wrong_voxels']} wrong of "
+            f"{uncertainty['entropy_mask_voxels']}); {uncertainty['convention']}")
     log(f"wrote {paths['cases']}, {paths['summary']}" + (f", {paths['report']}" if "report" in paths else ""))

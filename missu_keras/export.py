@@ -36,8 +36,18 @@ size, preprocessing, sliding-window settings, signatures and package versions
 (`read_export_metadata`). A wrong channel count or rank fails inside the graph with a
 message that gives the expected shape (TF-Serving does not check shapes itself).
 
+An ensemble (several models, e.g. the folds of a cross-validation run) exports as ONE
+SavedModel: every signature's predictor is the mean of the members' probabilities in
+each window, before the argmax. The sliding window is linear in the window predictions
+(a weighted sum divided by the summed weights), and so are the resampling and the uncrop,
+so this equals `missu_keras.inference.SegmenterEnsemble` (each member's whole-case
+probabilities averaged) up to float rounding; the members therefore share one window,
+so their patch sizes must agree, as must their preprocessing contracts. The metadata
+lists the members under ``"ensemble"``.
+
 ``missu-keras export --preset NAME [--weights PATH] --out DIR`` runs
-`export_savedmodel`; export/README.md shows how to serve the result.
+`export_savedmodel` (``--model A --model B`` or a cross-validation run folder: an
+ensemble); export/README.md shows how to serve the result.
 
 The in-graph pipeline alone, with any patch predictor: `missu_keras.inference.pipeline`.
 """
@@ -62,7 +72,8 @@ from missu_keras.compat import archive_root
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.files import prepare_output_dir
 from missu_keras.inference import (SlidingWindowInferer, as_preprocessing_config,
-                                   segment_patches, segment_volume)
+                                   check_same_contract, probabilities_of, segment_patches,
+                                   segment_volume)
 from missu_keras.layers import MultiScaleFusion, PyramidFusion
 from missu_keras.models import MISSU
 from missu_keras.presets import get_preset_config, get_preset_preprocessing, list_presets
@@ -77,6 +88,8 @@ SIGNATURES = (SERVING_SIGNATURE, VOLUME_SIGNATURE, SCAN_SIGNATURE)
 METADATA_ASSET = "missu_export.json"
 DEFAULT_MODEL_NAME = "missu"
 FORMAT_VERSION = 1
+ENSEMBLE_COMBINATION = ("mean of the members' probabilities in each window, before the argmax "
+                        "(every signature)")
 
 
 @dataclasses.dataclass
@@ -253,12 +266,18 @@ def _signature_doc(patch, channels, num_classes):
 
 def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_size: int = 1,
                          pad_to_multiple: bool = False):
-    """``(archive, inference model)``: a ``keras.export.ExportArchive`` with the two
+    """``(archive, inference model)``: a ``keras.export.ExportArchive`` with the three
     signatures for a `MISSU` and its `PreprocessingConfig` (no asset yet;
-    `export_savedmodel` adds it and writes the archive). Both signatures call
-    `missu_keras.inference`; ``pad_to_multiple`` see `missu_keras.inference.segment_volume`."""
-    cfg = model.config
-    inference = model.inference_model()
+    `export_savedmodel` adds it and writes the archive). Every signature calls
+    `missu_keras.inference`; ``pad_to_multiple`` see `missu_keras.inference.segment_volume`.
+
+    ``model`` may be a list of `MISSU` s of one patch size (an ensemble): the predictor
+    is then the mean of their probabilities, and the second item the list of their
+    inference models."""
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
+    cfg = members[0].config
+    inferences = [m.inference_model() for m in members]
+    inference = inferences[0]
     patch = [int(s) for s in cfg.image_size]
     channels, num_classes = cfg.in_channels, cfg.num_classes
     preprocessing = as_preprocessing_config(preprocessing)
@@ -266,8 +285,7 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
     inferer = SlidingWindowInferer(roi_size=patch, overlap=overlap,
                                    sw_batch_size=sw_batch_size, divisible_by=8)
 
-    def predict(x):
-        return inference(x, training=False)
+    predict = _mean_predictor([_traced_once(net, [None, *patch, channels]) for net in inferences])
 
     def serve_patches(image):
         what = f"{SERVING_SIGNATURE}: image"
@@ -292,14 +310,7 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
                              pad_to_multiple=pad_to_multiple, what=what, spacing=spacing)
         return {"labels": out["labels"]}
 
-    archive = keras.export.ExportArchive()
-    # No archive.track(inference): the endpoints capture every variable they use, and
-    # tracking the Keras variables as well would store each value twice on disk (once
-    # per wrapper). The revived `.variables` lists the same tf.Variables, stored once.
-    root = archive_root(archive)
-    root.variables = [v.value for v in inference.weights]
-    root.trainable_variables = [v.value for v in inference.trainable_weights]
-    root.non_trainable_variables = [v.value for v in inference.non_trainable_weights]
+    archive = _archive_of(inferences)
     archive.add_endpoint(SERVING_SIGNATURE, serve_patches, input_signature=[
         tf.TensorSpec([None, *patch, channels], tf.float32, name="image")])
     archive.add_endpoint(VOLUME_SIGNATURE, serve_volume, input_signature=[
@@ -307,7 +318,44 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
     archive.add_endpoint(SCAN_SIGNATURE, serve_scan, input_signature=[
         tf.TensorSpec([None, None, None, channels], tf.float32, name="volume"),
         tf.TensorSpec([3], tf.float32, name="spacing")])
-    return archive, inference
+    return archive, inference if len(inferences) == 1 else inferences
+
+
+def _traced_once(net, shape) -> Callable:
+    """``net``'s probabilities as a ``tf.function`` on windows of ``shape``: the Keras
+    model is traced once, and every signature (each traced twice by ``write_out``)
+    calls that one graph; tracing it in each took most of an export's time."""
+    return tf.function(lambda x: tf.cast(probabilities_of(net(x, training=False)), tf.float32),
+                       input_signature=[tf.TensorSpec(shape, tf.float32)], autograph=False)
+
+
+def _mean_predictor(predictors) -> Callable:
+    """The patch predictor of one model, or the mean of several models' probabilities
+    (an ensemble)."""
+    if len(predictors) == 1:
+        return predictors[0]
+
+    def predict(x):
+        total = None
+        for net in predictors:
+            total = net(x) if total is None else total + net(x)
+        return total / float(len(predictors))
+
+    return predict
+
+
+def _archive_of(inferences):
+    """An ``ExportArchive`` listing the variables of ``inferences``."""
+    archive = keras.export.ExportArchive()
+    # No archive.track(inference): the endpoints capture every variable they use, and
+    # tracking the Keras variables as well would store each value twice on disk (once
+    # per wrapper). The revived `.variables` lists the same tf.Variables, stored once.
+    root = archive_root(archive)
+    root.variables = [v.value for net in inferences for v in net.weights]
+    root.trainable_variables = [v.value for net in inferences for v in net.trainable_weights]
+    root.non_trainable_variables = [v.value for net in inferences
+                                    for v in net.non_trainable_weights]
+    return archive
 
 
 def _msf_layers(inference):
@@ -320,11 +368,15 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
                       preset: Optional[str] = None, overlap: float = 0.5,
                       sw_batch_size: int = 1, pad_to_multiple: bool = False,
                       log: Optional[Callable[[str], None]] = print,
-                      weights: Optional[str] = None) -> ExportResult:
+                      weights: Optional[str] = None,
+                      member_names: Optional[Sequence[str]] = None) -> ExportResult:
     """Writes the inference SavedModel of ``model`` to ``out_dir/name/version``.
 
     Args:
-        model: a `missu_keras.MISSU` (e.g. ``load_pretrained(..., training_model=True)``).
+        model: a `missu_keras.MISSU` (e.g. ``load_pretrained(..., training_model=True)``),
+            or a list of them: an ensemble exported as one SavedModel (the members'
+            probabilities averaged before the argmax; their preprocessing contracts and
+            patch sizes must agree, else a ``ValueError`` names the field).
         out_dir: the TF-Serving model base folder's parent (``--model_base_path`` is
             ``out_dir/name``).
         name: the model name (a folder name; TF-Serving's ``MODEL_NAME``).
@@ -338,6 +390,7 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
         log: a ``print``-like callable for the summary, or ``None``.
         weights: where the weights came from (a file, ``"published"``, ``"none"``),
             recorded in the metadata as ``"weights"``.
+        member_names: an ensemble's members in errors and the metadata's ``"ensemble"``.
 
     The model folder is created and checked for writability before the graph is built;
     the version appears whole or not at all (staged, then renamed).
@@ -350,16 +403,13 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
         ValueError: a bad name / version, or a model whose preprocessing contract
             does not fit it.
     """
-    if not isinstance(model, MISSU):
-        raise ValueError(
-            f"export_savedmodel needs a missu_keras.MISSU (configuration + preprocessing); "
-            f"received {type(model).__name__}. Use load_pretrained(..., training_model=True)."
-        )
+    members, names = _export_members(model, member_names)
     model_dir, version = _export_target(out_dir, name, version, overwrite)
+    prep, prep_source = _ensemble_preprocessing(members, names, preset)
     prepare_output_dir(model_dir, "--out")
-    prep, prep_source = resolve_preprocessing(model, preset)
-    archive, inference = build_export_archive(model, prep, overlap=overlap,
-                                              sw_batch_size=sw_batch_size,
+    model = members[0]
+    archive, inference = build_export_archive(members if len(members) > 1 else model, prep,
+                                              overlap=overlap, sw_batch_size=sw_batch_size,
                                               pad_to_multiple=pad_to_multiple)
     sliding_window = {"overlap": float(overlap), "mode": "gaussian", "sigma_scale": 0.125,
                       "sw_batch_size": int(sw_batch_size),
@@ -367,10 +417,45 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
     metadata = _export_metadata(model, inference, prep, prep_source, name, version, preset,
                                 sliding_window)
     metadata["weights"] = None if weights is None else str(weights)
+    if len(members) > 1:
+        metadata["ensemble"] = {"members": names, "combination": ENSEMBLE_COMBINATION}
     target = _write_archive(archive, metadata, model_dir, version)
     if log is not None:
         _log_summary(log, metadata, target)
     return ExportResult(target, version, metadata)
+
+
+def _export_members(model, member_names):
+    """``(members, names)``: ``model`` as a list of `MISSU` s, each checked, and their
+    names (``member 0``, ... unless given)."""
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
+    for member in members:
+        if not isinstance(member, MISSU):
+            raise ValueError(
+                f"export_savedmodel needs a missu_keras.MISSU (configuration + preprocessing); "
+                f"received {type(member).__name__}. Use load_pretrained(..., training_model=True)."
+            )
+    names = [str(n) for n in member_names] if member_names else [
+        f"member {i}" for i in range(len(members))]
+    return members, names
+
+
+def _ensemble_preprocessing(members, names: Sequence[str], preset: Optional[str]):
+    """`resolve_preprocessing` of the first member, after checking that every member's
+    contract (`missu_keras.inference.check_same_contract`) and patch size agree."""
+    if len(names) != len(members):
+        raise ValueError(f"{len(names)} member names for {len(members)} models")
+    if len(members) == 1:
+        return resolve_preprocessing(members[0], preset)
+    resolved = [resolve_preprocessing(m, n) for m, n in zip(members, names)]
+    check_same_contract([prep for prep, _ in resolved], names)
+    patches = [[int(s) for s in m.config.image_size] for m in members]
+    for member_name, patch in zip(names[1:], patches[1:]):
+        if patch != patches[0]:
+            raise ValueError(
+                f"an exported ensemble slides one window for all its members: {names[0]} has the "
+                f"patch size {patches[0]}, {member_name} has {patch}; expected one patch size")
+    return resolved[0]
 
 
 def _export_target(out_dir, name: str, version, overwrite: bool):
@@ -400,7 +485,8 @@ def _export_metadata(model, inference, prep, prep_source: str, name: str, versio
     """The ``assets/missu_export.json`` contents; checks that the MSF branch is absent
     from the inference graph unless ``msf_mode="ms_output"`` needs it."""
     cfg = model.config
-    msf = _msf_layers(inference)
+    nets = inference if isinstance(inference, list) else [inference]  # an ensemble: a list
+    msf = [layer for net in nets for layer in _msf_layers(net)]
     msf_in_graph = cfg.msf_mode == "ms_output"
     if msf and not msf_in_graph:  # the inference graph must never reach the MSF branch
         raise RuntimeError(f"MSF layers {msf} reached the inference graph with msf_mode="
@@ -428,7 +514,7 @@ def _export_metadata(model, inference, prep, prep_source: str, name: str, versio
         "msf_in_graph": msf_in_graph,
         "msf_layers": msf,
         "model_config": cfg.to_dict(),
-        "parameters": int(inference.count_params()),
+        "parameters": int(sum(net.count_params() for net in nets)),
         "missu_keras_version": __version__,
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
@@ -481,6 +567,10 @@ def _log_summary(log: Callable[[str], None], metadata: dict, target: Path) -> No
     log(f"  segment_scan:    volume [H, W, D, {channels}] in orientation "
         f"{metadata['orientation'] or 'as stored'}, spacing float32 [3] mm -> labels "
         f"(resampled to {metadata['target_spacing'] or 'no target spacing'} and back in the graph)")
+    if metadata.get("ensemble"):
+        members = metadata["ensemble"]["members"]
+        log(f"  an ensemble of {len(members)} models (their probabilities averaged): "
+            f"{', '.join(members)}")
     if metadata["msf_in_graph"]:
         log("  msf_mode='ms_output': the decoder reads the MSF pyramid, so the MSF branch "
             f"stays in the exported graph ({len(metadata['msf_layers'])} layers)")

@@ -37,12 +37,14 @@ import numpy as np
 
 from missu_keras.data.brats import BratsCase, canonical_modality
 from missu_keras.data.datasets import find_cases as find_dataset_cases
-from missu_keras.data.io import read_nifti_header, strip_nifti_suffix, write_nifti
+from missu_keras.data.io import (PROBABILITY_SCALE, quantize_probabilities, read_nifti_header,
+                                 strip_nifti_suffix, write_nifti)
 from missu_keras.data.msd import MsdCase, channel_name, channel_order
 from missu_keras.data.nnunet import CHANNEL_SUFFIX, NnunetCase
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.files import output_folder, refuse_existing
 from missu_keras.inference.ensemble import SegmenterEnsemble
+from missu_keras.inference.uncertainty import entropy
 # The one inference implementation; re-exported here, where users have always found it.
 from missu_keras.inference.segmenter import (Segmentation, Segmenter,  # noqa: F401
                                              default_preprocessing)
@@ -90,7 +92,9 @@ def load_segmenter(model: Union[str, os.PathLike, keras.Model], weights=PUBLISHE
             preset name. Everything but a model object goes through
             `missu_keras.MISSU.from_preset` / `missu_keras.load_pretrained`. A list of
             these, or a cross-validation run folder (``train --folds``), gives a
-            `load_ensemble`.
+            `load_ensemble`. A `Segmenter` or `SegmenterEnsemble` already built is
+            returned as it is (its own settings: ``preprocessing`` and ``**kwargs``
+            are refused with it).
         weights: as for `missu_keras.load_pretrained`: ``"published"`` (default: a
             preset name's published weights, a folder's or file's own weights; the only
             value accepted for those), or for a preset name ``None`` (random
@@ -100,6 +104,11 @@ def load_segmenter(model: Union[str, os.PathLike, keras.Model], weights=PUBLISHE
             ``$MISSU_KERAS_REGISTRY``).
         **kwargs: `Segmenter` settings (overlap, flip_tta, precision, ...).
     """
+    if isinstance(model, (Segmenter, SegmenterEnsemble)):
+        if preprocessing is not None or kwargs:
+            raise ValueError(f"a {type(model).__name__} already built keeps its own settings; "
+                             f"received preprocessing / {sorted(kwargs)} for it as well")
+        return model
     if isinstance(model, (list, tuple)) or _is_cross_validation_run(model):
         return load_ensemble(model, weights, preprocessing, registry=registry, **kwargs)
     if isinstance(model, keras.Model):
@@ -123,7 +132,7 @@ def _is_cross_validation_run(model) -> bool:
     return isinstance(model, (str, os.PathLike)) and is_cross_validation_run(model)
 
 
-def _ensemble_refs(models) -> list:
+def ensemble_references(models) -> list:
     """``models`` with each cross-validation run folder replaced by its folds that hold
     a model (a warning names the folds without one)."""
     refs = []
@@ -154,7 +163,7 @@ def load_ensemble(models, weights=PUBLISHED, preprocessing=None, *, registry: Op
 
     Members whose preprocessing contracts differ are refused, naming the field.
     """
-    refs = _ensemble_refs(models)
+    refs = ensemble_references(models)
     if not refs:
         raise ValueError("no model given: pass at least one --model")
     members = [load_segmenter(ref, weights, preprocessing, registry=registry, **kwargs) for ref in refs]
@@ -365,7 +374,19 @@ def reference_geometry(case):
 
 
 def output_paths(out_dir: Path, case_id: str):
-    return out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}_probabilities.nii.gz"
+    """``(labels, probabilities, entropy)`` files of ``case_id`` in ``out_dir``."""
+    return (out_dir / f"{case_id}.nii.gz", out_dir / f"{case_id}_probabilities.nii.gz",
+            out_dir / f"{case_id}_entropy.nii.gz")
+
+
+def write_probabilities(path, probabilities: np.ndarray, affine, header=None) -> Path:
+    """The class probabilities ``(H, W, D, K)`` as a 4-D NIfTI (classes on the 4th axis),
+    16 bits a value (`missu_keras.data.io.quantize_probabilities`: NIfTI has no float16)
+    read back as floats in [0, 1] that sum to 1 within ``K / 65535`` and whose argmax is
+    that of ``probabilities``."""
+    return write_nifti(path, quantize_probabilities(probabilities), affine, header,
+                       description="class probabilities (4th axis: class index)",
+                       slope=PROBABILITY_SCALE)
 
 
 def warn_empty_modalities(case, loaded, log=None) -> List[str]:
@@ -391,10 +412,14 @@ def warn_empty_modalities(case, loaded, log=None) -> List[str]:
 
 def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwrite: bool = False,
             save_probabilities: bool = False, modalities: Optional[Sequence[str]] = None,
-            log=print, output_labels=None, **segmenter_kwargs) -> List[Path]:
+            log=print, uncertainty: bool = False, output_labels=None,
+            **segmenter_kwargs) -> List[Path]:
     """Segments cases and writes one label NIfTI per case (``<case>.nii.gz``) in its
     original grid, with the input's affine and header, labels in the dataset's
-    convention; optionally ``<case>_probabilities.nii.gz`` (float32, classes last).
+    convention; optionally ``<case>_probabilities.nii.gz`` (`write_probabilities`: one
+    channel per class on the 4th axis, 16 bits a value) and ``<case>_entropy.nii.gz``
+    (float32, the voxelwise entropy in nats of the probabilities,
+    `missu_keras.inference.uncertainty.entropy`).
 
     Args:
         inputs: a case folder, a folder of cases, or the NIfTI files of one case in any
@@ -402,11 +427,13 @@ def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwri
             ``_t1ce``, ``_t1``, ``_t2``, ``-t2f``, ...; a ``_seg`` file is refused).
         out: output folder, created and checked for writability before anything else.
         model, weights: see `load_segmenter` (several models or a cross-validation run
-            folder: their probabilities averaged, `load_ensemble`).
+            folder: their probabilities averaged, `load_ensemble`; with ``flip_tta`` each
+            member's are the mean over the 8 flips).
         layout: BraTS layout (``"auto"``, ``"2019"`` ... ``"2023"``) or ``"chaos"``.
         overwrite: replace existing outputs (by default an existing output is an error,
             raised before anything is computed).
-        save_probabilities: also write the probability maps.
+        save_probabilities: also write the (averaged) probability maps.
+        uncertainty: also write the entropy of the (averaged) probabilities.
         modalities: for a file list whose names carry no modality: the modality of each
             file, in the order given (e.g. ``["flair", "t1ce", "t1", "t2"]``).
         output_labels: write the labels in this convention (a registered name such as
@@ -430,21 +457,23 @@ def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwri
             label_mapping(segmenter.preprocessing.convention, output_labels,
                           what=f"--output-labels {convention_name(output_labels)}")
         cases = find_cases(inputs, segmenter.preprocessing, layout=layout, modalities=modalities)
+        wanted = (True, save_probabilities, uncertainty)
         if not overwrite:
             refuse_existing(p for c in cases
-                            for p in output_paths(out, c.case_id)[: 1 + save_probabilities])
-        return [_predict_case(segmenter, case, out, save_probabilities, log, f"[{i + 1}/{len(cases)}]",
+                            for p, w in zip(output_paths(out, c.case_id), wanted) if w)
+        return [_predict_case(segmenter, case, out, wanted, log, f"[{i + 1}/{len(cases)}]",
                               output_labels=output_labels)
                 for i, case in enumerate(cases)]
 
 
-def _predict_case(segmenter, case, out: Path, save_probabilities: bool, log, counter: str,
+def _predict_case(segmenter, case, out: Path, wanted, log, counter: str,
                   output_labels=None) -> Path:
-    """Segments one case and writes its files (labels in ``output_labels`` if given);
-    returns the label file."""
+    """Segments one case and writes its files (``wanted``: labels, probabilities,
+    entropy; labels in ``output_labels`` if given); returns the label file."""
     loaded = load_images_only(case)
     warn_empty_modalities(case, loaded, log)
-    result = segmenter.segment(loaded, return_probabilities=save_probabilities)
+    _, save_probabilities, uncertainty = wanted
+    result = segmenter.segment(loaded, return_probabilities=save_probabilities or uncertainty)
     labels = result.labels
     if output_labels is not None:
         labels = relabel(labels, segmenter.preprocessing.convention, output_labels,
@@ -452,14 +481,18 @@ def _predict_case(segmenter, case, out: Path, save_probabilities: bool, log, cou
     affine, header = reference_geometry(case)
     if affine is None:
         affine = loaded.affine
-    label_path, prob_path = output_paths(out, case.case_id)
-    if save_probabilities:  # the maps first: a label file is the mark of a finished case
-        write_nifti(prob_path, result.probabilities.astype(np.float32), affine, header)
-    try:
+    label_path, prob_path, entropy_path = output_paths(out, case.case_id)
+    maps = [p for p, w in zip((prob_path, entropy_path), wanted[1:]) if w]
+    try:  # the maps first: a label file is the mark of a finished case
+        if save_probabilities:
+            write_probabilities(prob_path, result.probabilities, affine, header)
+        if uncertainty:
+            write_nifti(entropy_path, entropy(result.probabilities), affine, header,
+                        description="entropy of the class probabilities, nats")
         write_nifti(label_path, labels.astype(np.uint8), affine, header)
     except BaseException:
-        if save_probabilities:  # no half-written case: the maps alone would block a re-run
-            prob_path.unlink(missing_ok=True)
+        for path in maps:  # no half-written case: the maps alone would block a re-run
+            path.unlink(missing_ok=True)
         raise
     if log:
         log(f"{counter} {case.case_id} -> {label_path}")

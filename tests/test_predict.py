@@ -52,7 +52,9 @@ def test_predict_a_case_folder_keeps_grid_affine_and_header(setup, tmp_path):
     assert out.header["pixdim"].tolist() == ref.header["pixdim"].tolist()
     assert out.header.get_xyzt_units() == ref.header.get_xyzt_units()
     assert set(np.unique(labels).tolist()) <= {0, 1, 2, 4}
-    probs = np.asarray(nib.load(tmp_path / "pred" / f"{case.case_id}_probabilities.nii.gz").dataobj)
+    prob_img = nib.load(tmp_path / "pred" / f"{case.case_id}_probabilities.nii.gz")
+    assert prob_img.header.get_data_dtype() == np.uint16  # 16 bits a value, read as floats
+    probs = np.asarray(prob_img.dataobj)
     assert probs.shape == SHAPE + (4,)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
     np.testing.assert_array_equal(np.array([0, 1, 2, 4])[probs.argmax(-1)], labels)

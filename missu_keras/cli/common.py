@@ -59,8 +59,10 @@ def add_inference_arguments(parser, several_models: bool = False) -> None:
     if several_models:
         parser.add_argument("--model", required=True, action="append",
                             help="a train output folder, a .keras file, a saved preset folder or a "
-                                 "preset name; repeat it, or give a cross-validation run folder "
-                                 "(train --folds), to average the models' probabilities")
+                                 "preset name; repeat it to average the models' probabilities (an "
+                                 "ensemble, with --tta each model's over the 8 flips too). A "
+                                 "cross-validation run folder (train --folds) stands for its folds; "
+                                 "given alone to evaluate, it is scored out of fold")
     else:
         parser.add_argument("--model", required=True,
                             help="a train output folder (a cross-validation run: scored out of "

@@ -13,8 +13,11 @@ from missu_keras.files import output_folder
 
 
 def add_export_arguments(p) -> None:
-    p.add_argument("--preset", required=True,
-                   help="preset name (brats, chaos, tiny), a saved preset folder or a .keras file")
+    p.add_argument("--preset", "--model", dest="preset", action="append", required=True,
+                   help="preset name (brats, chaos, tiny), a saved preset folder, a .keras file or a "
+                        "train output folder; repeat it, or give a cross-validation run folder "
+                        "(train --folds), to export an ensemble as one SavedModel (the models' "
+                        "probabilities averaged before the argmax)")
     p.add_argument("--weights", default="published",
                    help="'published' (default: a preset name's published weights, a saved preset "
                         "folder's or .keras file's own), 'none' (random initialisation), or a "
@@ -52,15 +55,23 @@ def run(args) -> int:
     overrides = set_options(args)
     if args.image_size:
         overrides["image_size"] = int_or_triple_arg(args.image_size)
+    from missu_keras.prediction import ensemble_references
+
     weights = weights_argument(args.weights)
+    refs = ensemble_references(args.preset)  # a cross-validation run: its folds
+    if len(refs) > 1 and weights not in (None, "published"):
+        raise ValueError(f"--weights {args.weights}: one weights file for {len(refs)} models; an "
+                         "ensemble's members carry their own weights (leave --weights out)")
     with output_folder(args.out, "--out"):  # checked before the model is built
-        model = load_pretrained(args.preset, weights=weights, training_model=True, **overrides)
+        models = [load_pretrained(ref, weights=weights, training_model=True, **overrides)
+                  for ref in refs]
         if weights not in (None, "published"):
-            check_weights_fit_preset(model, args.preset, args.weights, overrides)
-        export_savedmodel(model, args.out, name=args.name, version=args.version,
-                          overwrite=args.overwrite, preset=args.preset, overlap=args.overlap,
+            check_weights_fit_preset(models[0], refs[0], args.weights, overrides)
+        export_savedmodel(models if len(models) > 1 else models[0], args.out, name=args.name,
+                          version=args.version, overwrite=args.overwrite,
+                          preset=refs[0] if len(refs) == 1 else None, overlap=args.overlap,
                           sw_batch_size=args.sw_batch_size, pad_to_multiple=args.pad_to_multiple,
-                          weights=args.weights)
+                          weights=args.weights, member_names=[str(r) for r in refs])
     return 0
 
 

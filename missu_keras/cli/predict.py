@@ -22,7 +22,12 @@ def register(subparsers):
     p.add_argument("--modalities", default=None, metavar="M1,M2,...",
                    help="the modality of each listed NIfTI file, in the order given (e.g. "
                         "flair,t1ce,t1,t2), for files whose names carry none")
-    p.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.nii.gz")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write <case>_probabilities.nii.gz: the (averaged) probabilities, one "
+                        "channel per class on the 4th axis, 16 bits a value (uint16 x 1/65535)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write <case>_entropy.nii.gz: the voxelwise entropy (float32, nats, at "
+                        "most ln K) of the probabilities averaged over the models and --tta flips")
     p.add_argument("--output-labels", default=None, choices=sorted(LABEL_CONVENTIONS), metavar="NAME",
                    help="write the labels in this convention (one of %(choices)s; e.g. brats2023: "
                         "ET = 3), whatever the model was trained on; an impossible mapping is an "
@@ -39,5 +44,6 @@ def run(args) -> int:
     model = args.model[0] if len(args.model) == 1 else args.model  # one --model: as it always was
     predict(args.inputs, args.out, model, weights=weights_argument(args.weights), layout=args.layout,
             overwrite=args.overwrite, save_probabilities=args.probabilities, modalities=modalities,
-            output_labels=args.output_labels, **segmenter_kwargs(args))
+            output_labels=args.output_labels, uncertainty=args.uncertainty,
+            **segmenter_kwargs(args))
     return 0

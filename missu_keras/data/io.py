@@ -28,6 +28,16 @@ from missu_keras.files import atomic_path
 
 NIFTI_SUFFIXES: Tuple[str, ...] = (".nii.gz", ".nii")
 
+# NIfTI-1 and NIfTI-2 define no 16-bit float data type (nifti1.h: DT_FLOAT32 16,
+# DT_FLOAT64 64, DT_FLOAT128 1536) and nibabel refuses float16 ("data dtype float16 not
+# supported"), so probabilities are stored in 16 bits as unsigned integers with
+# scl_slope = 1 / 65535: as small as float16, read as floats by every NIfTI reader
+# (nibabel, ITK / SimpleITK, FSL, 3D Slicer apply the slope), and a uniform step of
+# 1.5e-5 (float16's step just below 1 is 4.9e-4).
+PROBABILITY_DTYPE = np.uint16
+PROBABILITY_STEPS = 65535
+PROBABILITY_SCALE = 1.0 / PROBABILITY_STEPS
+
 
 def strip_nifti_suffix(name: str) -> str:
     """``"BraTS2021_00001_flair.nii.gz"`` -> ``"BraTS2021_00001_flair"`` (``.nii`` too);
@@ -104,6 +114,25 @@ def read_nifti(path, dtype=np.float32) -> Tuple[np.ndarray, np.ndarray]:
     return read_nifti_data(Path(path), img, shape, dtype), affine
 
 
+def quantize_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(..., K)`` in [0, 1] as `PROBABILITY_DTYPE` steps of
+    `PROBABILITY_SCALE` (round to nearest), the file format of ``predict
+    --probabilities``. Where rounding ties the top class with another, the top class
+    keeps one step more, so the argmax of the stored map is the argmax of the input.
+
+    >>> q = quantize_probabilities(np.array([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]]))
+    >>> q.dtype, q.tolist(), (q * PROBABILITY_SCALE).sum(-1).round(4).tolist()
+    (dtype('uint16'), [[32769, 32768, 0], [0, 13107, 52428]], [1.0, 1.0])
+    """
+    p = np.asarray(probabilities, np.float32)
+    top = np.argmax(p, axis=-1)[..., None]
+    q = np.rint(np.clip(p, 0.0, 1.0) * np.float32(PROBABILITY_STEPS)).astype(PROBABILITY_DTYPE)
+    top_q = np.take_along_axis(q, top, -1)
+    ties = (q == top_q).sum(-1, keepdims=True) > 1
+    np.put_along_axis(q, top, np.where(ties & (top_q < PROBABILITY_STEPS), top_q + 1, top_q), -1)
+    return q
+
+
 def check_finite(array: np.ndarray, source) -> None:
     """``ValueError`` naming ``source`` if ``array`` holds NaN or inf."""
     if array.dtype.kind == "f":
@@ -117,12 +146,14 @@ def check_finite(array: np.ndarray, source) -> None:
 
 
 def write_nifti(path, data: np.ndarray, affine: np.ndarray, header=None,
-                description: Optional[str] = None) -> Path:
+                description: Optional[str] = None, slope: Optional[float] = None) -> Path:
     """Writes ``data`` (3-D, or 4-D with channels last) as NIfTI-1 to ``path``, atomically.
 
     ``header``: a reference header (e.g. the input scan's) whose geometry and units are
     kept; its data type and scaling are replaced by ``data``'s. Integer data (label maps)
-    are written with slope 1 / intercept 0, float data as float32-or-wider as given.
+    are written with slope 1 / intercept 0, float data as float32-or-wider as given;
+    ``slope``: integer data stored with that ``scl_slope`` (a reader sees ``data *
+    slope``, e.g. `quantize_probabilities`' output with `PROBABILITY_SCALE`).
     ``.nii.gz`` is gzip-compressed without a timestamp: the same inputs give the same
     bytes. Returns the path.
     """
@@ -133,7 +164,9 @@ def write_nifti(path, data: np.ndarray, affine: np.ndarray, header=None,
     header = header.copy() if header is not None else None
     img = nibabel.Nifti1Image(data, np.asarray(affine, np.float64), header)
     img.set_data_dtype(data.dtype)
-    img.header.set_slope_inter(1.0, 0.0)
+    if slope is not None and data.dtype.kind not in "ui":
+        raise ValueError(f"{path}: a slope is for integer data; received {data.dtype} data")
+    img.header.set_slope_inter(1.0 if slope is None else float(slope), 0.0)
     if header is None:
         img.header.set_xyzt_units("mm", "sec")
         img.set_qform(affine, code=1)

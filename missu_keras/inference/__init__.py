@@ -11,7 +11,10 @@
 - `segmenter`: `Segmenter` (a model and its preprocessing contract; loaded case ->
   `Segmentation`), used by ``predict``, ``evaluate`` and the demo.
 - `ensemble`: `SegmenterEnsemble` (several segmenters, e.g. cross-validation folds:
-  their probabilities averaged), used by ``predict --model A --model B``.
+  their probabilities averaged), used by ``predict`` / ``evaluate --model A --model B``
+  (``missu_keras.export`` averages an ensemble's members in its graph instead).
+- `uncertainty`: `entropy` of the (averaged) probabilities and `entropy_by_correctness`,
+  for ``predict`` / ``evaluate --uncertainty``.
 
 ``missu_keras.export`` builds both SavedModel signatures from `pipeline`; the validation
 callback of ``train`` runs `SlidingWindowInferer` on cached, preprocessed cases.

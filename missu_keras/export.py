@@ -61,7 +61,8 @@ import tensorflow as tf
 from missu_keras.compat import archive_root
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.files import prepare_output_dir
-from missu_keras.inference import (SlidingWindowInferer, as_preprocessing_config,
+from missu_keras.inference import (SlidingWindowInferer, as_postprocessing_config,
+                                   as_preprocessing_config, check_postprocessing,
                                    segment_patches, segment_volume)
 from missu_keras.layers import MultiScaleFusion, PyramidFusion
 from missu_keras.models import MISSU
@@ -252,11 +253,13 @@ def _signature_doc(patch, channels, num_classes):
 
 
 def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_size: int = 1,
-                         pad_to_multiple: bool = False):
+                         pad_to_multiple: bool = False, postprocessing=None):
     """``(archive, inference model)``: a ``keras.export.ExportArchive`` with the two
     signatures for a `MISSU` and its `PreprocessingConfig` (no asset yet;
     `export_savedmodel` adds it and writes the archive). Both signatures call
-    `missu_keras.inference`; ``pad_to_multiple`` see `missu_keras.inference.segment_volume`."""
+    `missu_keras.inference`; ``pad_to_multiple`` and ``postprocessing`` (baked into
+    ``segment_volume`` and ``segment_scan``, not the patch-level ``serving_default``)
+    see `missu_keras.inference.segment_volume`."""
     cfg = model.config
     inference = model.inference_model()
     patch = [int(s) for s in cfg.image_size]
@@ -280,7 +283,8 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
         volume = _check_shape(volume, [None, None, None, channels], what,
                               f"[H, W, D, {channels}]", modalities)
         out = segment_volume(volume, predict, preprocessing, inferer, num_classes=num_classes,
-                             pad_to_multiple=pad_to_multiple, what=what)
+                             pad_to_multiple=pad_to_multiple, what=what,
+                             postprocessing=postprocessing)
         return {"labels": out["labels"]}
 
     def serve_scan(volume, spacing):
@@ -289,7 +293,8 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
                               f"[H, W, D, {channels}]", modalities)
         spacing = tf.cast(tf.ensure_shape(spacing, [3]), tf.float64)
         out = segment_volume(volume, predict, preprocessing, inferer, num_classes=num_classes,
-                             pad_to_multiple=pad_to_multiple, what=what, spacing=spacing)
+                             pad_to_multiple=pad_to_multiple, what=what, spacing=spacing,
+                             postprocessing=postprocessing)
         return {"labels": out["labels"]}
 
     archive = keras.export.ExportArchive()
@@ -320,7 +325,7 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
                       preset: Optional[str] = None, overlap: float = 0.5,
                       sw_batch_size: int = 1, pad_to_multiple: bool = False,
                       log: Optional[Callable[[str], None]] = print,
-                      weights: Optional[str] = None) -> ExportResult:
+                      weights: Optional[str] = None, postprocessing=None) -> ExportResult:
     """Writes the inference SavedModel of ``model`` to ``out_dir/name/version``.
 
     Args:
@@ -338,6 +343,9 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
         log: a ``print``-like callable for the summary, or ``None``.
         weights: where the weights came from (a file, ``"published"``, ``"none"``),
             recorded in the metadata as ``"weights"``.
+        postprocessing: a `missu_keras.inference.PostprocessingConfig` (its dict or a
+            ``postprocessing.json``) baked into ``segment_volume`` and ``segment_scan``
+            and recorded in the metadata as ``"postprocessing"``; ``None``: none.
 
     The model folder is created and checked for writability before the graph is built;
     the version appears whole or not at all (staged, then renamed).
@@ -358,15 +366,18 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
     model_dir, version = _export_target(out_dir, name, version, overwrite)
     prepare_output_dir(model_dir, "--out")
     prep, prep_source = resolve_preprocessing(model, preset)
+    post = as_postprocessing_config(postprocessing)
+    check_postprocessing(post, prep.convention)
     archive, inference = build_export_archive(model, prep, overlap=overlap,
                                               sw_batch_size=sw_batch_size,
-                                              pad_to_multiple=pad_to_multiple)
+                                              pad_to_multiple=pad_to_multiple, postprocessing=post)
     sliding_window = {"overlap": float(overlap), "mode": "gaussian", "sigma_scale": 0.125,
                       "sw_batch_size": int(sw_batch_size),
                       "pad_to_multiple": bool(pad_to_multiple)}
     metadata = _export_metadata(model, inference, prep, prep_source, name, version, preset,
                                 sliding_window)
     metadata["weights"] = None if weights is None else str(weights)
+    metadata["postprocessing"] = {**post.to_dict(), "description": post.describe(prep.convention)}
     target = _write_archive(archive, metadata, model_dir, version)
     if log is not None:
         _log_summary(log, metadata, target)

@@ -43,6 +43,7 @@ from missu_keras.data.nnunet import CHANNEL_SUFFIX, NnunetCase
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.files import output_folder, refuse_existing
 from missu_keras.inference.ensemble import SegmenterEnsemble
+from missu_keras.inference.postprocessing import POSTPROCESSING_FILE, read_postprocessing
 # The one inference implementation; re-exported here, where users have always found it.
 from missu_keras.inference.segmenter import (Segmentation, Segmenter,  # noqa: F401
                                              default_preprocessing)
@@ -53,6 +54,8 @@ from missu_keras.training.folds import fold_models, is_cross_validation_run, mis
 from missu_keras.weights import preset_io
 
 logger = logging.getLogger("missu_keras.prediction")
+# `load_segmenter`'s default post-processing: the postprocessing.json stored with the model.
+STORED = "stored"
 
 
 def _read_preprocessing(folder: Path) -> Optional[PreprocessingConfig]:
@@ -77,9 +80,33 @@ def _load_model(ref: str, weights, registry) -> keras.Model:
     return load_missu(ref, weights, registry=registry)
 
 
+def stored_postprocessing(model) -> Optional[Path]:
+    """The ``postprocessing.json`` stored with a model: in its folder (a train output
+    folder, a fold folder, a saved preset folder) or beside its ``.keras`` file; a fold
+    folder without one uses its cross-validation run's (``postprocess choose`` writes it
+    in the run folder). ``None`` when there is none (or ``model`` is not a path)."""
+    if not isinstance(model, (str, os.PathLike)) or not os.path.exists(model):
+        return None
+    folder = Path(model) if os.path.isdir(model) else Path(model).parent
+    if (folder / POSTPROCESSING_FILE).is_file():
+        return folder / POSTPROCESSING_FILE
+    if is_cross_validation_run(folder.parent) and (folder.parent / POSTPROCESSING_FILE).is_file():
+        return folder.parent / POSTPROCESSING_FILE
+    return None
+
+
+def _postprocessing_of(model, postprocessing):
+    """``postprocessing`` as given, or for `STORED` the file stored with ``model``
+    (read strictly) or ``None``."""
+    if not (isinstance(postprocessing, str) and postprocessing == STORED):
+        return postprocessing
+    path = stored_postprocessing(model)
+    return None if path is None else read_postprocessing(path)
+
+
 def load_segmenter(model: Union[str, os.PathLike, keras.Model], weights=PUBLISHED,
                    preprocessing=None, *, registry: Optional[str] = None,
-                   **kwargs) -> Segmenter:
+                   postprocessing=STORED, **kwargs) -> Segmenter:
     """A `Segmenter` from what a user has.
 
     Args:
@@ -97,10 +124,16 @@ def load_segmenter(model: Union[str, os.PathLike, keras.Model], weights=PUBLISHE
         preprocessing: overrides the stored contract (a `PreprocessingConfig` or dict).
         registry: the weights registry for a preset name's published weights (default
             ``$MISSU_KERAS_REGISTRY``).
+        postprocessing: ``"stored"`` (default: the ``postprocessing.json`` stored with
+            the model, `stored_postprocessing`; none when there is none), ``None`` (no
+            post-processing: ``--no-postprocessing``), or a
+            `missu_keras.inference.PostprocessingConfig`, its dict or a file.
         **kwargs: `Segmenter` settings (overlap, flip_tta, precision, ...).
     """
     if isinstance(model, (list, tuple)) or _is_cross_validation_run(model):
-        return load_ensemble(model, weights, preprocessing, registry=registry, **kwargs)
+        return load_ensemble(model, weights, preprocessing, registry=registry,
+                             postprocessing=postprocessing, **kwargs)
+    kwargs["postprocessing"] = _postprocessing_of(model, postprocessing)
     if isinstance(model, keras.Model):
         return Segmenter.from_model(model, preprocessing, **kwargs)
     ref = os.fspath(model)
@@ -140,7 +173,7 @@ def _ensemble_refs(models) -> list:
 
 
 def load_ensemble(models, weights=PUBLISHED, preprocessing=None, *, registry: Optional[str] = None,
-                  **kwargs):
+                  postprocessing=STORED, **kwargs):
     """Several models as one segmenter (`missu_keras.inference.SegmenterEnsemble`: their
     probabilities averaged with equal weights, the labels the argmax of the average).
 
@@ -150,18 +183,40 @@ def load_ensemble(models, weights=PUBLISHED, preprocessing=None, *, registry: Op
             a trained model. One model in all gives a plain `Segmenter`.
         weights, preprocessing, registry, **kwargs: as for `load_segmenter`, for every
             member.
+        postprocessing: as for `load_segmenter`, applied once to the averaged
+            prediction; ``"stored"``: the one every member stores (a cross-validation
+            run's own for its folds); members storing different ones are refused.
 
     Members whose preprocessing contracts differ are refused, naming the field.
     """
     refs = _ensemble_refs(models)
     if not refs:
         raise ValueError("no model given: pass at least one --model")
-    members = [load_segmenter(ref, weights, preprocessing, registry=registry, **kwargs) for ref in refs]
-    if len(members) == 1:
-        return members[0]
+    if len(refs) == 1:
+        return load_segmenter(refs[0], weights, preprocessing, registry=registry,
+                              postprocessing=postprocessing, **kwargs)
+    members = [load_segmenter(ref, weights, preprocessing, registry=registry, postprocessing=None,
+                              **kwargs) for ref in refs]
     names = [os.fspath(ref) if isinstance(ref, (str, os.PathLike)) else f"model {i}"
              for i, ref in enumerate(refs)]
-    return SegmenterEnsemble(members, names)
+    return SegmenterEnsemble(members, names, postprocessing=_ensemble_postprocessing(
+        refs, names, postprocessing))
+
+
+def _ensemble_postprocessing(refs, names, postprocessing):
+    """One post-processing for an ensemble: ``postprocessing`` as given, or (`STORED`)
+    the one its members store, which must agree."""
+    if not (isinstance(postprocessing, str) and postprocessing == STORED):
+        return postprocessing
+    stored = [_postprocessing_of(ref, STORED) for ref in refs]
+    plain = [None if s is None or s.is_empty else s.to_dict() for s in stored]
+    for name, other in zip(names[1:], plain[1:]):
+        if other != plain[0]:
+            raise ValueError(
+                f"ensemble members store different post-processing ({POSTPROCESSING_FILE}): "
+                f"{names[0]} has {plain[0]}, {name} has {other}; expected the same for every "
+                "member (or pass --no-postprocessing, postprocessing=None)")
+    return stored[0]
 
 
 # ------------------------------------------------------------------- case discovery --
@@ -420,12 +475,22 @@ def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwri
         inputs = [inputs]
     with output_folder(out, "--out") as out:
         segmenter = load_segmenter(model, weights=weights, **segmenter_kwargs)
+        log_postprocessing(segmenter, log)
         cases = find_cases(inputs, segmenter.preprocessing, layout=layout, modalities=modalities)
         if not overwrite:
             refuse_existing(p for c in cases
                             for p in output_paths(out, c.case_id)[: 1 + save_probabilities])
         return [_predict_case(segmenter, case, out, save_probabilities, log, f"[{i + 1}/{len(cases)}]")
                 for i, case in enumerate(cases)]
+
+
+def log_postprocessing(segmenter, log=print) -> str:
+    """Logs (and returns) which post-processing ``segmenter`` applies."""
+    text = "post-processing: " + segmenter.postprocessing.describe(segmenter.preprocessing.convention)
+    logger.info(text)
+    if log:
+        log(text)
+    return text
 
 
 def _predict_case(segmenter, case, out: Path, save_probabilities: bool, log, counter: str) -> Path:

@@ -36,6 +36,9 @@ def add_export_arguments(p) -> None:
                    help="segment_volume: pad the cropped scan to the preprocessing's pad_multiple "
                         "before the sliding window, as whole-volume validation does (default: "
                         "off, as missu-keras predict)")
+    p.add_argument("--no-postprocessing", action="store_true",
+                   help="do not bake the post-processing stored with a --preset folder "
+                        "(postprocessing.json) into segment_volume / segment_scan")
     p.set_defaults(func=run)
 
 
@@ -47,6 +50,7 @@ def register(subparsers):
 def run(args) -> int:
     # The library loads TensorFlow: imported when the command runs, not for --help.
     from missu_keras.export import check_weights_fit_preset, export_savedmodel
+    from missu_keras.prediction import stored_postprocessing
     from missu_keras.pretrained import load_pretrained
 
     overrides = set_options(args)
@@ -60,7 +64,8 @@ def run(args) -> int:
         export_savedmodel(model, args.out, name=args.name, version=args.version,
                           overwrite=args.overwrite, preset=args.preset, overlap=args.overlap,
                           sw_batch_size=args.sw_batch_size, pad_to_multiple=args.pad_to_multiple,
-                          weights=args.weights)
+                          weights=args.weights,
+                          postprocessing=None if args.no_postprocessing else stored_postprocessing(args.preset))
     return 0
 
 

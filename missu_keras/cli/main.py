@@ -19,6 +19,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "predict": "predict",
     "score": "score",
+    "postprocess": "postprocess",
     "export": "export",
     "serve-request": "serve_request",
     "publish": "publish",

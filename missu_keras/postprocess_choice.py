@@ -100,10 +100,9 @@ class _Trials:
 
     def run(self, config: PostprocessingConfig):
         """``(predictions, mean Dice)`` with one more step on top of the kept ones."""
-        step = tf.function(lambda labels: apply_postprocessing(labels, config, self.convention),
-                           input_signature=[tf.TensorSpec([None, None, None], tf.int32)],
-                           autograph=False)
-        preds = [step(tf.constant(p)).numpy() for p in self.preds]
+        # eagerly: a graph per candidate would be traced for a single use
+        preds = [apply_postprocessing(tf.constant(p), config, self.convention).numpy()
+                 for p in self.preds]
         return preds, mean_dice(preds, self.gts, self.convention)
 
     def decide(self, name: str, region: str, candidates: Sequence[Tuple[object, PostprocessingConfig]]):

@@ -14,7 +14,7 @@ import tensorflow as tf
 import missu_keras
 from missu_keras.data import PreprocessingConfig, find_brats_cases, write_synthetic_brats
 from missu_keras.export import export_savedmodel
-from missu_keras.inference import (PostprocessingConfig, Segmenter, apply_postprocessing,
+from missu_keras.inference import (PostprocessingConfig, apply_postprocessing,
                                    connected_components, read_postprocessing)
 from missu_keras.postprocess_choice import CHOICE_FILE, choose_postprocessing
 from tests.conftest import NO_DROPOUT, TINY
@@ -176,7 +176,11 @@ def _scipy_steps(labels):
     return out
 
 
-def test_predict_applies_the_stored_postprocessing_unless_told_not_to(brats, tmp_path):
+@pytest.mark.slow
+def test_predict_and_the_saved_model_apply_the_stored_postprocessing(brats, tmp_path):
+    """``predict`` with a preset folder's postprocessing.json (and without, told not
+    to); then one export with the same steps gives the same labels in both volume
+    signatures."""
     root, model = brats
     model.save_to_preset(tmp_path / "model", postprocessing=STEPS)
     assert read_postprocessing(tmp_path / "model") == STEPS
@@ -190,21 +194,13 @@ def test_predict_applies_the_stored_postprocessing_unless_told_not_to(brats, tmp
     assert not np.array_equal(_scipy_steps(raw), raw)  # the steps have work to do
     np.testing.assert_array_equal(out["with"], _scipy_steps(raw))
 
-
-@pytest.mark.slow
-def test_the_saved_model_applies_the_same_postprocessing(brats, tmp_path):
-    root, model = brats
-    result = export_savedmodel(model, tmp_path, log=None, postprocessing=STEPS)
+    result = export_savedmodel(model, tmp_path / "export", log=None, postprocessing=STEPS)
     assert result.metadata["postprocessing"]["largest_component_only"] == ["WT"]
     served = tf.saved_model.load(str(result.path))
-    loaded = find_brats_cases(root / "data")[1].load()
-    python = Segmenter.from_model(model, postprocessing=STEPS).segment(loaded).labels
-    raw = Segmenter.from_model(model).segment(loaded).labels
-    assert not np.array_equal(python, raw)
-    volume = tf.constant(loaded.image)
+    volume = tf.constant(case.load().image)
     for got in (served.signatures["segment_volume"](volume=volume)["labels"].numpy(),
                 served.signatures["segment_scan"](volume=volume, spacing=tf.ones([3]))["labels"].numpy()):
-        np.testing.assert_array_equal(got, python)
+        np.testing.assert_array_equal(got, out["with"])
 
 
 def test_postprocess_choose_on_a_runs_validation_cases(brats, tmp_path):

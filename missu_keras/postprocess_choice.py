@@ -240,7 +240,7 @@ def _prediction_pairs(data, out: Path, preprocessing, layout: str) -> List[tuple
         if pred.shape != gt.shape:
             raise ValueError(f"{path}: prediction of shape {pred.shape}, but the ground truth of "
                              f"case {case.case_id!r} is {gt.shape}")
-        pairs.append((case.case_id, pred, gt))
+        pairs.append((case.case_id, *_crop_pair(pred, gt)))  # only the foreground box is kept
     return pairs
 
 

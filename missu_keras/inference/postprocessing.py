@@ -246,8 +246,8 @@ def _box_component_sizes(mask):
     outside the mask) on the mask's bounding box."""
     ids, start, stop = _components_in_box(mask)
     flat = tf.reshape(ids, [-1])
-    _, index, counts = tf.unique_with_counts(flat)
-    sizes = tf.where(flat > 0, tf.gather(counts, index), 0)
+    counts = tf.math.bincount(flat, minlength=tf.size(flat) + 1, dtype=tf.int32)  # ids <= box size
+    sizes = tf.where(flat > 0, tf.gather(counts, flat), 0)
     return tf.reshape(sizes, tf.shape(ids)), ids, start, stop
 
 

@@ -257,14 +257,13 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
     """``(archive, inference model)``: a ``keras.export.ExportArchive`` with the two
     signatures for a `MISSU` and its `PreprocessingConfig` (no asset yet;
     `export_savedmodel` adds it and writes the archive). Both signatures call
-    `missu_keras.inference`; ``pad_to_multiple`` and ``postprocessing`` (baked into
-    ``segment_volume`` and ``segment_scan``, not the patch-level ``serving_default``)
-    see `missu_keras.inference.segment_volume`."""
+    `missu_keras.inference`; ``pad_to_multiple``, ``postprocessing`` (volume signatures
+    only) see `missu_keras.inference.segment_volume`."""
     cfg = model.config
     inference = model.inference_model()
     patch = [int(s) for s in cfg.image_size]
     channels, num_classes = cfg.in_channels, cfg.num_classes
-    preprocessing = as_preprocessing_config(preprocessing)
+    preprocessing, post = as_preprocessing_config(preprocessing), postprocessing
     modalities = list(preprocessing.modalities)
     inferer = SlidingWindowInferer(roi_size=patch, overlap=overlap,
                                    sw_batch_size=sw_batch_size, divisible_by=8)
@@ -283,8 +282,7 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
         volume = _check_shape(volume, [None, None, None, channels], what,
                               f"[H, W, D, {channels}]", modalities)
         out = segment_volume(volume, predict, preprocessing, inferer, num_classes=num_classes,
-                             pad_to_multiple=pad_to_multiple, what=what,
-                             postprocessing=postprocessing)
+                             pad_to_multiple=pad_to_multiple, what=what, postprocessing=post)
         return {"labels": out["labels"]}
 
     def serve_scan(volume, spacing):
@@ -294,7 +292,7 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
         spacing = tf.cast(tf.ensure_shape(spacing, [3]), tf.float64)
         out = segment_volume(volume, predict, preprocessing, inferer, num_classes=num_classes,
                              pad_to_multiple=pad_to_multiple, what=what, spacing=spacing,
-                             postprocessing=postprocessing)
+                             postprocessing=post)
         return {"labels": out["labels"]}
 
     archive = keras.export.ExportArchive()
@@ -343,9 +341,8 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
         log: a ``print``-like callable for the summary, or ``None``.
         weights: where the weights came from (a file, ``"published"``, ``"none"``),
             recorded in the metadata as ``"weights"``.
-        postprocessing: a `missu_keras.inference.PostprocessingConfig` (its dict or a
-            ``postprocessing.json``) baked into ``segment_volume`` and ``segment_scan``
-            and recorded in the metadata as ``"postprocessing"``; ``None``: none.
+        postprocessing: a `missu_keras.inference.PostprocessingConfig` (or its file)
+            baked into ``segment_volume`` and ``segment_scan``; ``None``: none.
 
     The model folder is created and checked for writability before the graph is built;
     the version appears whole or not at all (staged, then renamed).
@@ -366,8 +363,7 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
     model_dir, version = _export_target(out_dir, name, version, overwrite)
     prepare_output_dir(model_dir, "--out")
     prep, prep_source = resolve_preprocessing(model, preset)
-    post = as_postprocessing_config(postprocessing)
-    check_postprocessing(post, prep.convention)
+    post = _export_postprocessing(postprocessing, prep)
     archive, inference = build_export_archive(model, prep, overlap=overlap,
                                               sw_batch_size=sw_batch_size,
                                               pad_to_multiple=pad_to_multiple, postprocessing=post)
@@ -382,6 +378,13 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
     if log is not None:
         _log_summary(log, metadata, target)
     return ExportResult(target, version, metadata)
+
+
+def _export_postprocessing(postprocessing, prep):
+    """The `PostprocessingConfig` to bake in, checked against the contract's labels."""
+    post = as_postprocessing_config(postprocessing)
+    check_postprocessing(post, prep.convention, "export postprocessing")
+    return post
 
 
 def _export_target(out_dir, name: str, version, overwrite: bool):

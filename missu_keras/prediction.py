@@ -463,7 +463,9 @@ def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwri
         save_probabilities: also write the probability maps.
         modalities: for a file list whose names carry no modality: the modality of each
             file, in the order given (e.g. ``["flair", "t1ce", "t1", "t2"]``).
-        **segmenter_kwargs: `Segmenter` settings (overlap, flip_tta, precision, ...).
+        **segmenter_kwargs: `Segmenter` settings (overlap, flip_tta, precision, ...), and
+            ``postprocessing`` (default: the model's stored ``postprocessing.json``;
+            ``None``: none; see `load_segmenter`), which is logged.
 
     Every file is written atomically (`missu_keras.data.io.write_nifti`): a failed
     write (full disk) leaves nothing behind under the output's name.

@@ -64,8 +64,8 @@ def run(args) -> int:
         export_savedmodel(model, args.out, name=args.name, version=args.version,
                           overwrite=args.overwrite, preset=args.preset, overlap=args.overlap,
                           sw_batch_size=args.sw_batch_size, pad_to_multiple=args.pad_to_multiple,
-                          weights=args.weights,
-                          postprocessing=None if args.no_postprocessing else stored_postprocessing(args.preset))
+                          weights=args.weights, postprocessing=None if args.no_postprocessing
+                          else stored_postprocessing(args.preset))  # a preset or run folder's
     return 0
 
 

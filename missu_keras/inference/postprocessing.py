@@ -133,7 +133,7 @@ def check_postprocessing(config: PostprocessingConfig, convention, source: str =
                          f"{conv.name!r}; expected some of {sorted(conv.regions)}")
 
 
-def as_postprocessing_config(value, source: str = "post-processing") -> PostprocessingConfig:
+def as_postprocessing_config(value) -> PostprocessingConfig:
     """``None`` -> the empty config; a `PostprocessingConfig`, its dict or a
     ``postprocessing.json`` path -> the config."""
     if value is None:

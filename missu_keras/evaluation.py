@@ -22,8 +22,8 @@ from missu_keras.files import output_folder, prepare_output_dir, refuse_existing
 from missu_keras.inference.uncertainty import entropy, entropy_by_correctness, summarize_uncertainty
 from missu_keras.labels import convert_labels
 from missu_keras.metrics import CONVENTION, format_summary_table, score_case, summarize, write_scores
-from missu_keras.prediction import (find_cases, load_segmenter, reference_geometry,
-                                    warn_empty_modalities)
+from missu_keras.prediction import (find_cases, load_segmenter, log_postprocessing,
+                                    reference_geometry, warn_empty_modalities)
 from missu_keras.reports import loaded_case_view, write_score_report
 from missu_keras.scoring import SCORE_FILES
 from missu_keras.training.folds import SPLITS_FILE, fold_models, is_cross_validation_run, read_splits
@@ -75,6 +75,7 @@ def evaluate(model, data, out, weights="published", layout: str = "auto",
         if not overwrite:
             refuse_existing(out / name for name in SCORE_FILES)
         segmenter = load_segmenter(model, weights=weights, **segmenter_kwargs)
+        log_postprocessing(segmenter, log)
         cases = _labelled_cases(data, segmenter.preprocessing, layout, case_ids)
         if save_predictions:
             prepare_output_dir(out / "predictions", "--out/predictions")
@@ -202,6 +203,7 @@ def evaluate_folds(run, data, out, layout: str = "auto", case_ids: Optional[Sequ
             val = set(splits[k]["val"])
             fold_cases = [c for c in cases if c.case_id in val]
             log(f"fold {k} ({folder}): {len(fold_cases)} validation cases")
+            log_postprocessing(segmenter, log)
             fold_rows, fold_skipped = _score_cases(segmenter, fold_cases, out, save_predictions,
                                                    skip_invalid, log, uncertainty, views)
             rows += [{"case": r["case"], "fold": k, **r} for r in fold_rows]

@@ -71,7 +71,8 @@ import tensorflow as tf
 from missu_keras.compat import archive_root
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.files import prepare_output_dir
-from missu_keras.inference import (SlidingWindowInferer, as_preprocessing_config,
+from missu_keras.inference import (SlidingWindowInferer, as_postprocessing_config,
+                                   as_preprocessing_config, check_postprocessing,
                                    check_same_contract, probabilities_of, segment_patches,
                                    segment_volume)
 from missu_keras.layers import MultiScaleFusion, PyramidFusion
@@ -265,11 +266,12 @@ def _signature_doc(patch, channels, num_classes):
 
 
 def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_size: int = 1,
-                         pad_to_multiple: bool = False):
+                         pad_to_multiple: bool = False, postprocessing=None):
     """``(archive, inference model)``: a ``keras.export.ExportArchive`` with the three
     signatures for a `MISSU` and its `PreprocessingConfig` (no asset yet;
     `export_savedmodel` adds it and writes the archive). Every signature calls
-    `missu_keras.inference`; ``pad_to_multiple`` see `missu_keras.inference.segment_volume`.
+    `missu_keras.inference`; ``pad_to_multiple``, ``postprocessing`` (volume signatures
+    only) see `missu_keras.inference.segment_volume`.
 
     ``model`` may be a list of `MISSU` s of one patch size (an ensemble): the predictor
     is then the mean of their probabilities, and the second item the list of their
@@ -280,7 +282,7 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
     inference = inferences[0]
     patch = [int(s) for s in cfg.image_size]
     channels, num_classes = cfg.in_channels, cfg.num_classes
-    preprocessing = as_preprocessing_config(preprocessing)
+    preprocessing, post = as_preprocessing_config(preprocessing), postprocessing
     modalities = list(preprocessing.modalities)
     inferer = SlidingWindowInferer(roi_size=patch, overlap=overlap,
                                    sw_batch_size=sw_batch_size, divisible_by=8)
@@ -298,7 +300,7 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
         volume = _check_shape(volume, [None, None, None, channels], what,
                               f"[H, W, D, {channels}]", modalities)
         out = segment_volume(volume, predict, preprocessing, inferer, num_classes=num_classes,
-                             pad_to_multiple=pad_to_multiple, what=what)
+                             pad_to_multiple=pad_to_multiple, what=what, postprocessing=post)
         return {"labels": out["labels"]}
 
     def serve_scan(volume, spacing):
@@ -307,7 +309,8 @@ def build_export_archive(model, preprocessing, overlap: float = 0.5, sw_batch_si
                               f"[H, W, D, {channels}]", modalities)
         spacing = tf.cast(tf.ensure_shape(spacing, [3]), tf.float64)
         out = segment_volume(volume, predict, preprocessing, inferer, num_classes=num_classes,
-                             pad_to_multiple=pad_to_multiple, what=what, spacing=spacing)
+                             pad_to_multiple=pad_to_multiple, what=what, spacing=spacing,
+                             postprocessing=post)
         return {"labels": out["labels"]}
 
     archive = _archive_of(inferences)
@@ -369,7 +372,8 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
                       sw_batch_size: int = 1, pad_to_multiple: bool = False,
                       log: Optional[Callable[[str], None]] = print,
                       weights: Optional[str] = None,
-                      member_names: Optional[Sequence[str]] = None) -> ExportResult:
+                      member_names: Optional[Sequence[str]] = None,
+                      postprocessing=None) -> ExportResult:
     """Writes the inference SavedModel of ``model`` to ``out_dir/name/version``.
 
     Args:
@@ -391,6 +395,8 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
         weights: where the weights came from (a file, ``"published"``, ``"none"``),
             recorded in the metadata as ``"weights"``.
         member_names: an ensemble's members in errors and the metadata's ``"ensemble"``.
+        postprocessing: a `missu_keras.inference.PostprocessingConfig` (or its file)
+            baked into ``segment_volume`` and ``segment_scan``; ``None``: none.
 
     The model folder is created and checked for writability before the graph is built;
     the version appears whole or not at all (staged, then renamed).
@@ -406,11 +412,12 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
     members, names = _export_members(model, member_names)
     model_dir, version = _export_target(out_dir, name, version, overwrite)
     prep, prep_source = _ensemble_preprocessing(members, names, preset)
+    post = _export_postprocessing(postprocessing, prep)
     prepare_output_dir(model_dir, "--out")
     model = members[0]
     archive, inference = build_export_archive(members if len(members) > 1 else model, prep,
                                               overlap=overlap, sw_batch_size=sw_batch_size,
-                                              pad_to_multiple=pad_to_multiple)
+                                              pad_to_multiple=pad_to_multiple, postprocessing=post)
     sliding_window = {"overlap": float(overlap), "mode": "gaussian", "sigma_scale": 0.125,
                       "sw_batch_size": int(sw_batch_size),
                       "pad_to_multiple": bool(pad_to_multiple)}
@@ -419,6 +426,7 @@ def export_savedmodel(model, out_dir, name: str = DEFAULT_MODEL_NAME,
     metadata["weights"] = None if weights is None else str(weights)
     if len(members) > 1:
         metadata["ensemble"] = {"members": names, "combination": ENSEMBLE_COMBINATION}
+    metadata["postprocessing"] = {**post.to_dict(), "description": post.describe(prep.convention)}
     target = _write_archive(archive, metadata, model_dir, version)
     if log is not None:
         _log_summary(log, metadata, target)
@@ -456,6 +464,11 @@ def _ensemble_preprocessing(members, names: Sequence[str], preset: Optional[str]
                 f"an exported ensemble slides one window for all its members: {names[0]} has the "
                 f"patch size {patches[0]}, {member_name} has {patch}; expected one patch size")
     return resolved[0]
+def _export_postprocessing(postprocessing, prep):
+    """The `PostprocessingConfig` to bake in, checked against the contract's labels."""
+    post = as_postprocessing_config(postprocessing)
+    check_postprocessing(post, prep.convention, "export postprocessing")
+    return post
 
 
 def _export_target(out_dir, name: str, version, overwrite: bool):

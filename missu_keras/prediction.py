@@ -44,6 +44,7 @@ from missu_keras.data.nnunet import CHANNEL_SUFFIX, NnunetCase
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.files import output_folder, refuse_existing
 from missu_keras.inference.ensemble import SegmenterEnsemble
+from missu_keras.inference.postprocessing import POSTPROCESSING_FILE, read_postprocessing
 from missu_keras.inference.uncertainty import entropy
 # The one inference implementation; re-exported here, where users have always found it.
 from missu_keras.inference.segmenter import (Segmentation, Segmenter,  # noqa: F401
@@ -56,6 +57,8 @@ from missu_keras.training.folds import fold_models, is_cross_validation_run, mis
 from missu_keras.weights import preset_io
 
 logger = logging.getLogger("missu_keras.prediction")
+# `load_segmenter`'s default post-processing: the postprocessing.json stored with the model.
+STORED = "stored"
 
 
 def _read_preprocessing(folder: Path) -> Optional[PreprocessingConfig]:
@@ -80,9 +83,33 @@ def _load_model(ref: str, weights, registry) -> keras.Model:
     return load_missu(ref, weights, registry=registry)
 
 
+def stored_postprocessing(model) -> Optional[Path]:
+    """The ``postprocessing.json`` stored with a model: in its folder (a train output
+    folder, a fold folder, a saved preset folder) or beside its ``.keras`` file; a fold
+    folder without one uses its cross-validation run's (``postprocess choose`` writes it
+    in the run folder). ``None`` when there is none (or ``model`` is not a path)."""
+    if not isinstance(model, (str, os.PathLike)) or not os.path.exists(model):
+        return None
+    folder = Path(model) if os.path.isdir(model) else Path(model).parent
+    if (folder / POSTPROCESSING_FILE).is_file():
+        return folder / POSTPROCESSING_FILE
+    if is_cross_validation_run(folder.parent) and (folder.parent / POSTPROCESSING_FILE).is_file():
+        return folder.parent / POSTPROCESSING_FILE
+    return None
+
+
+def _postprocessing_of(model, postprocessing):
+    """``postprocessing`` as given, or for `STORED` the file stored with ``model``
+    (read strictly) or ``None``."""
+    if not (isinstance(postprocessing, str) and postprocessing == STORED):
+        return postprocessing
+    path = stored_postprocessing(model)
+    return None if path is None else read_postprocessing(path)
+
+
 def load_segmenter(model: Union[str, os.PathLike, keras.Model], weights=PUBLISHED,
                    preprocessing=None, *, registry: Optional[str] = None,
-                   **kwargs) -> Segmenter:
+                   postprocessing=STORED, **kwargs) -> Segmenter:
     """A `Segmenter` from what a user has.
 
     Args:
@@ -102,6 +129,10 @@ def load_segmenter(model: Union[str, os.PathLike, keras.Model], weights=PUBLISHE
         preprocessing: overrides the stored contract (a `PreprocessingConfig` or dict).
         registry: the weights registry for a preset name's published weights (default
             ``$MISSU_KERAS_REGISTRY``).
+        postprocessing: ``"stored"`` (default: the ``postprocessing.json`` stored with
+            the model, `stored_postprocessing`; none when there is none), ``None`` (no
+            post-processing: ``--no-postprocessing``), or a
+            `missu_keras.inference.PostprocessingConfig`, its dict or a file.
         **kwargs: `Segmenter` settings (overlap, flip_tta, precision, ...).
     """
     if isinstance(model, (Segmenter, SegmenterEnsemble)):
@@ -110,7 +141,9 @@ def load_segmenter(model: Union[str, os.PathLike, keras.Model], weights=PUBLISHE
                              f"received preprocessing / {sorted(kwargs)} for it as well")
         return model
     if isinstance(model, (list, tuple)) or _is_cross_validation_run(model):
-        return load_ensemble(model, weights, preprocessing, registry=registry, **kwargs)
+        return load_ensemble(model, weights, preprocessing, registry=registry,
+                             postprocessing=postprocessing, **kwargs)
+    kwargs["postprocessing"] = _postprocessing_of(model, postprocessing)
     if isinstance(model, keras.Model):
         return Segmenter.from_model(model, preprocessing, **kwargs)
     ref = os.fspath(model)
@@ -150,7 +183,7 @@ def ensemble_references(models) -> list:
 
 
 def load_ensemble(models, weights=PUBLISHED, preprocessing=None, *, registry: Optional[str] = None,
-                  **kwargs):
+                  postprocessing=STORED, **kwargs):
     """Several models as one segmenter (`missu_keras.inference.SegmenterEnsemble`: their
     probabilities averaged with equal weights, the labels the argmax of the average).
 
@@ -160,18 +193,49 @@ def load_ensemble(models, weights=PUBLISHED, preprocessing=None, *, registry: Op
             a trained model. One model in all gives a plain `Segmenter`.
         weights, preprocessing, registry, **kwargs: as for `load_segmenter`, for every
             member.
+        postprocessing: as for `load_segmenter`, applied once to the averaged
+            prediction; ``"stored"``: the one every member stores (a cross-validation
+            run's own for its folds); members storing different ones are refused.
 
     Members whose preprocessing contracts differ are refused, naming the field.
     """
     refs = ensemble_references(models)
     if not refs:
         raise ValueError("no model given: pass at least one --model")
-    members = [load_segmenter(ref, weights, preprocessing, registry=registry, **kwargs) for ref in refs]
-    if len(members) == 1:
-        return members[0]
+    if len(refs) == 1:
+        return load_segmenter(refs[0], weights, preprocessing, registry=registry,
+                              postprocessing=postprocessing, **kwargs)
+    members = [load_segmenter(ref, weights, preprocessing, registry=registry, postprocessing=None,
+                              **kwargs) for ref in refs]
     names = [os.fspath(ref) if isinstance(ref, (str, os.PathLike)) else f"model {i}"
              for i, ref in enumerate(refs)]
-    return SegmenterEnsemble(members, names)
+    return SegmenterEnsemble(members, names, postprocessing=_ensemble_postprocessing(
+        refs, names, postprocessing))
+
+
+def stored_ensemble_postprocessing(refs):
+    """What `load_ensemble` applies by default to the models ``refs`` (one or several,
+    e.g. `ensemble_references`): the post-processing they store, which must agree;
+    ``None`` when none is stored."""
+    if len(refs) == 1:
+        return _postprocessing_of(refs[0], STORED)
+    return _ensemble_postprocessing(refs, [os.fspath(r) for r in refs], STORED)
+
+
+def _ensemble_postprocessing(refs, names, postprocessing):
+    """One post-processing for an ensemble: ``postprocessing`` as given, or (`STORED`)
+    the one its members store, which must agree."""
+    if not (isinstance(postprocessing, str) and postprocessing == STORED):
+        return postprocessing
+    stored = [_postprocessing_of(ref, STORED) for ref in refs]
+    plain = [None if s is None or s.is_empty else s.to_dict() for s in stored]
+    for name, other in zip(names[1:], plain[1:]):
+        if other != plain[0]:
+            raise ValueError(
+                f"ensemble members store different post-processing ({POSTPROCESSING_FILE}): "
+                f"{names[0]} has {plain[0]}, {name} has {other}; expected the same for every "
+                "member (or pass --no-postprocessing, postprocessing=None)")
+    return stored[0]
 
 
 # ------------------------------------------------------------------- case discovery --
@@ -441,7 +505,9 @@ def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwri
             training convention; a mapping that cannot be made (a tissue the target has
             no label for) is an error before any case is segmented. The probability maps
             keep the model's class order.
-        **segmenter_kwargs: `Segmenter` settings (overlap, flip_tta, precision, ...).
+        **segmenter_kwargs: `Segmenter` settings (overlap, flip_tta, precision, ...), and
+            ``postprocessing`` (default: the model's stored ``postprocessing.json``;
+            ``None``: none; see `load_segmenter`), which is logged.
 
     Every file is written atomically (`missu_keras.data.io.write_nifti`): a failed
     write (full disk) leaves nothing behind under the output's name.
@@ -456,6 +522,7 @@ def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwri
         if output_labels is not None:  # an impossible mapping fails before any case is segmented
             label_mapping(segmenter.preprocessing.convention, output_labels,
                           what=f"--output-labels {convention_name(output_labels)}")
+        log_postprocessing(segmenter, log)
         cases = find_cases(inputs, segmenter.preprocessing, layout=layout, modalities=modalities)
         wanted = (True, save_probabilities, uncertainty)
         if not overwrite:
@@ -464,6 +531,15 @@ def predict(inputs, out, model, weights=PUBLISHED, layout: str = "auto", overwri
         return [_predict_case(segmenter, case, out, wanted, log, f"[{i + 1}/{len(cases)}]",
                               output_labels=output_labels)
                 for i, case in enumerate(cases)]
+
+
+def log_postprocessing(segmenter, log=print) -> str:
+    """Logs (and returns) which post-processing ``segmenter`` applies."""
+    text = "post-processing: " + segmenter.postprocessing.describe(segmenter.preprocessing.convention)
+    logger.info(text)
+    if log:
+        log(text)
+    return text
 
 
 def _predict_case(segmenter, case, out: Path, wanted, log, counter: str,

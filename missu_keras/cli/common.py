@@ -78,6 +78,9 @@ def add_inference_arguments(parser, several_models: bool = False) -> None:
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32")
     parser.add_argument("--sw-batch-size", type=int, default=1, help="windows per model call")
     parser.add_argument("--quiet", action="store_true", help="no progress bar over the windows")
+    parser.add_argument("--no-postprocessing", action="store_true",
+                        help="do not apply the post-processing stored with the model "
+                             "(postprocessing.json, chosen by 'missu-keras postprocess choose')")
 
 
 def weights_argument(text):
@@ -86,5 +89,7 @@ def weights_argument(text):
 
 
 def segmenter_kwargs(args) -> dict:
+    # postprocessing: "stored" (the model's postprocessing.json) unless --no-postprocessing
     return dict(overlap=args.overlap, flip_tta=args.tta, precision=args.precision,
-                sw_batch_size=args.sw_batch_size, progress=not args.quiet)
+                sw_batch_size=args.sw_batch_size, progress=not args.quiet,
+                postprocessing=None if getattr(args, "no_postprocessing", False) else "stored")

@@ -39,6 +39,9 @@ def add_export_arguments(p) -> None:
                    help="segment_volume: pad the cropped scan to the preprocessing's pad_multiple "
                         "before the sliding window, as whole-volume validation does (default: "
                         "off, as missu-keras predict)")
+    p.add_argument("--no-postprocessing", action="store_true",
+                   help="do not bake the post-processing stored with a --preset folder "
+                        "(postprocessing.json) into segment_volume / segment_scan")
     p.set_defaults(func=run)
 
 
@@ -50,12 +53,12 @@ def register(subparsers):
 def run(args) -> int:
     # The library loads TensorFlow: imported when the command runs, not for --help.
     from missu_keras.export import check_weights_fit_preset, export_savedmodel
+    from missu_keras.prediction import ensemble_references, stored_ensemble_postprocessing
     from missu_keras.pretrained import load_pretrained
 
     overrides = set_options(args)
     if args.image_size:
         overrides["image_size"] = int_or_triple_arg(args.image_size)
-    from missu_keras.prediction import ensemble_references
 
     weights = weights_argument(args.weights)
     refs = ensemble_references(args.preset)  # a cross-validation run: its folds
@@ -71,7 +74,9 @@ def run(args) -> int:
                           version=args.version, overwrite=args.overwrite,
                           preset=refs[0] if len(refs) == 1 else None, overlap=args.overlap,
                           sw_batch_size=args.sw_batch_size, pad_to_multiple=args.pad_to_multiple,
-                          weights=args.weights, member_names=[str(r) for r in refs])
+                          weights=args.weights, member_names=[str(r) for r in refs],
+                          postprocessing=None if args.no_postprocessing
+                          else stored_ensemble_postprocessing(refs))  # a preset or run folder's
     return 0
 
 

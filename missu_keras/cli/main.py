@@ -20,6 +20,7 @@ COMMANDS = {
     "predict": "predict",
     "score": "score",
     "view": "view",
+    "postprocess": "postprocess",
     "export": "export",
     "serve-request": "serve_request",
     "publish": "publish",

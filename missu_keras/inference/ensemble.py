@@ -28,6 +28,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from missu_keras.inference.pipeline import labels_from_probabilities
+from missu_keras.inference.postprocessing import (apply_postprocessing, as_postprocessing_config,
+                                                  check_postprocessing)
 from missu_keras.inference.segmenter import Segmentation
 
 # Contract fields members may differ in: each member slides its own window.
@@ -41,9 +43,13 @@ class SegmenterEnsemble:
     Args:
         members: the `Segmenter` s (at least one).
         names: what to call each member in errors (default ``member 0``, ...).
+        postprocessing: a `missu_keras.inference.PostprocessingConfig` (or its dict)
+            applied to the labels of the averaged probabilities (the members' own is not
+            used: only their probabilities are); ``None`` (default): none.
     """
 
-    def __init__(self, members: Sequence, names: Optional[Sequence[str]] = None):
+    def __init__(self, members: Sequence, names: Optional[Sequence[str]] = None,
+                 postprocessing=None):
         members = list(members)
         if not members:
             raise ValueError("an ensemble needs at least one member; received none")
@@ -53,17 +59,21 @@ class SegmenterEnsemble:
         check_same_contract([m.preprocessing for m in members], names)
         self.members, self.names = members, names
         self.preprocessing = members[0].preprocessing
+        self.postprocessing = as_postprocessing_config(postprocessing)
+        check_postprocessing(self.postprocessing, self.preprocessing.convention)
 
     def segment(self, loaded, return_probabilities: bool = False) -> Segmentation:
         """The argmax (as dataset labels) of the members' mean probabilities on the
-        case's own grid; the mean itself with ``return_probabilities``."""
+        case's own grid, post-processed; the mean itself with ``return_probabilities``."""
         total = None
         for member in self.members:
             probs = member.segment(loaded, return_probabilities=True).probabilities
             total = probs if total is None else total + probs
             del probs
         mean = (total / np.float32(len(self.members))).astype(np.float32)
-        labels = labels_from_probabilities(mean, self.preprocessing.convention).numpy()
+        conv = self.preprocessing.convention
+        labels = apply_postprocessing(labels_from_probabilities(mean, conv), self.postprocessing,
+                                      conv).numpy()
         return Segmentation(loaded.case_id, labels.astype(np.uint8),
                             mean if return_probabilities else None)
 

@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from missu_keras.data.geometry import resample_tensor, target_shape
 from missu_keras.data.preprocessing import PreprocessingConfig, preprocess_volume
+from missu_keras.inference.postprocessing import apply_postprocessing
 from missu_keras.inference.sliding_window import (SlidingWindowInferer, ensure_finite,
                                                   probabilities_of)
 from missu_keras.labels import get_label_convention
@@ -78,7 +79,7 @@ def segment_patches(image, predictor: Callable, label_convention, what: str = "i
 def segment_volume(volume, predictor: Callable, preprocessing,
                    inferer: SlidingWindowInferer, num_classes: Optional[int] = None,
                    return_probabilities: bool = False, pad_to_multiple: bool = False,
-                   what: str = "volume", spacing=None):
+                   what: str = "volume", spacing=None, postprocessing=None):
     """One raw scan -> dataset labels on its own grid, in TensorFlow (graph-safe):
     `prepare_volume`, the sliding window (``inferer.sliding_window``), `finish_volume`.
 
@@ -99,6 +100,8 @@ def segment_volume(volume, predictor: Callable, preprocessing,
             back. ``None``: the volume is taken to be at the contract's spacing. The
             volume must already be in the contract's ``orientation`` (reorienting is
             exact and done outside the graph: `missu_keras.data.geometry.reorient`).
+        postprocessing: a `missu_keras.inference.PostprocessingConfig` (or its dict)
+            applied to the labels (`finish_volume`); ``None``: none.
 
     Returns:
         ``{"labels": int32 (H, W, D)}`` (background outside the crop box), plus
@@ -109,7 +112,7 @@ def segment_volume(volume, predictor: Callable, preprocessing,
     image, start, stop = prepare_volume(volume, prep, pad_to_multiple, what, spacing)
     probs = inferer.sliding_window(predictor, image, num_classes)
     return finish_volume(probs, start, stop, tf.shape(volume)[:3], prep.convention,
-                         return_probabilities, spacing, prep.resampling)
+                         return_probabilities, spacing, prep.resampling, postprocessing)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -133,13 +136,16 @@ def prepare_volume(volume, preprocessing, pad_to_multiple: bool = False, what: s
 
 @tf.autograph.experimental.do_not_convert
 def finish_volume(probs, start, stop, full_shape, label_convention,
-                  return_probabilities: bool = False, spacing=None, target_spacing=None):
+                  return_probabilities: bool = False, spacing=None, target_spacing=None,
+                  postprocessing=None):
     """Last part of `segment_volume`: probabilities ``(h', w', d', K)`` on the (possibly
     end-padded, possibly resampled) crop -> ``{"labels": int32 (H, W, D)[,
     "probabilities": float32 (H, W, D, K)]}`` on the ``full_shape`` grid, the crop box
     being ``[start, stop)``. With ``spacing`` and ``target_spacing`` (as given to
     `prepare_volume`) the probabilities are resampled back to the box's grid (linear)
-    before the argmax."""
+    before the argmax. ``postprocessing`` (`missu_keras.inference.apply_postprocessing`)
+    acts on the labels of the crop box, before the uncrop: outside the box everything
+    is background, so no component crosses it and the result is the same on less data."""
     box = stop - start
     grid = box
     if spacing is not None and target_spacing is not None:
@@ -148,7 +154,9 @@ def finish_volume(probs, start, stop, full_shape, label_convention,
     if spacing is not None and target_spacing is not None:
         probs = resample_tensor(probs, box, "linear")
     paddings = tf.stack([start, full_shape - stop], axis=1)
-    out = {"labels": tf.pad(labels_from_probabilities(probs, label_convention), paddings)}
+    labels = apply_postprocessing(labels_from_probabilities(probs, label_convention),
+                                  postprocessing, label_convention)
+    out = {"labels": tf.pad(labels, paddings)}
     if return_probabilities:
         out["probabilities"] = _uncrop_probabilities(probs, paddings)
     return out

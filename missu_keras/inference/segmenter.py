@@ -30,6 +30,7 @@ import tensorflow as tf
 from missu_keras.data.geometry import reorient, undo_orientation, voxel_spacing
 from missu_keras.data.preprocessing import PreprocessingConfig
 from missu_keras.inference.pipeline import as_preprocessing_config, finish_volume, prepare_volume
+from missu_keras.inference.postprocessing import as_postprocessing_config, check_postprocessing
 from missu_keras.inference.sliding_window import (SlidingWindowInferer, rebuild_with_dtype_policy,
                                                   refusing_non_finite)
 from missu_keras.models import MISSU
@@ -64,12 +65,17 @@ class Segmenter:
             `missu_keras.inference.SlidingWindowInferer`.
         precision: ``"float32"`` or ``"mixed_bfloat16"`` (the model is rebuilt under that
             policy; the output stays float32).
+        postprocessing: a `missu_keras.inference.PostprocessingConfig` (its dict, or a
+            ``postprocessing.json`` path) applied to the labels in the compiled
+            pipeline; ``None`` (default): none.
     """
 
     def __init__(self, model: keras.Model, preprocessing, overlap: float = 0.5,
                  flip_tta: bool = False, precision: str = "float32",
-                 sw_batch_size: int = 1, progress: bool = False):
+                 sw_batch_size: int = 1, progress: bool = False, postprocessing=None):
         preprocessing = as_preprocessing_config(preprocessing)
+        self.postprocessing = as_postprocessing_config(postprocessing)
+        check_postprocessing(self.postprocessing, preprocessing.convention)
         if precision not in ("float32", "mixed_bfloat16"):
             raise ValueError(
                 f"precision must be 'float32' or 'mixed_bfloat16'; received {precision!r}"
@@ -154,6 +160,7 @@ class Segmenter:
         """``(prepare, finish)``: `prepare_volume` and `finish_volume` as ``tf.function``s."""
         if return_probabilities not in self._functions:
             prep, channels = self.preprocessing, self.preprocessing.num_channels
+            post = self.postprocessing
             prepare = tf.function(
                 lambda volume, spacing: prepare_volume(volume, prep, what="image", spacing=spacing),
                 input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32),
@@ -162,7 +169,7 @@ class Segmenter:
             finish = tf.function(
                 lambda probs, start, stop, full_shape, spacing: finish_volume(
                     probs, start, stop, full_shape, prep.convention, return_probabilities,
-                    spacing, prep.resampling),
+                    spacing, prep.resampling, post),
                 input_signature=[tf.TensorSpec([None, None, None, prep.num_classes], tf.float32),
                                  *[tf.TensorSpec([3], tf.int32)] * 3,
                                  tf.TensorSpec([3], tf.float64)],

@@ -106,11 +106,13 @@ class MISSU(MultiWorkerBuild, keras.Model):
         """
         return preset_io.from_preset(cls, preset, overrides)
 
-    def save_to_preset(self, preset_dir):
+    def save_to_preset(self, preset_dir, postprocessing=None):
         """Writes this model as a preset folder (``config.json``, ``model.weights.h5``,
         ``preprocessing.json``, ``metadata.json``; each file atomically) that
-        `from_preset` reads back exactly; returns the folder as a ``Path``."""
-        return preset_io.save_to_preset(self, preset_dir)
+        `from_preset` reads back exactly; returns the folder as a ``Path``. With
+        ``postprocessing`` (a `missu_keras.inference.PostprocessingConfig`) also its
+        ``postprocessing.json``, which ``predict`` / ``evaluate`` then apply."""
+        return preset_io.save_to_preset(self, preset_dir, postprocessing)
 
     # The data preprocessing contract (modalities, normalisation, label map, patch size)
     # travels with the model so inference can never disagree with training (nnU-Net's

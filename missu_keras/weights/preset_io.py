@@ -54,6 +54,9 @@ WEIGHTS_FILE = "model.weights.h5"
 PREPROCESSING_FILE = "preprocessing.json"
 METADATA_FILE = "metadata.json"
 PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, PREPROCESSING_FILE, METADATA_FILE)
+# Optional beside a model (a preset, run or fold folder): its post-processing steps
+# (`missu_keras.inference.postprocessing`), read by the loaders of `missu_keras.prediction`.
+POSTPROCESSING_FILE = "postprocessing.json"
 FORMAT_VERSION = 1
 
 # A ``missu-keras train`` output folder: its settings, then its checkpoints by preference.
@@ -71,10 +74,12 @@ def accepted_forms() -> str:
 
 # ------------------------------------------------------------------------ writing ----
 
-def save_to_preset(model, preset_dir: Union[str, os.PathLike]) -> Path:
+def save_to_preset(model, preset_dir: Union[str, os.PathLike], postprocessing=None) -> Path:
     """Writes ``model`` (a `MISSU`) as a preset folder, each file atomically; returns
     the folder. The folder is created if needed; the four preset files in it are
-    replaced, other files are left alone."""
+    replaced, other files are left alone. ``postprocessing`` (a
+    `missu_keras.inference.PostprocessingConfig` or its dict) is also written, as
+    ``postprocessing.json``, which the loaders apply."""
     folder = Path(preset_dir)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"preset_dir {str(folder)!r} exists and is not a folder")
@@ -91,6 +96,9 @@ def save_to_preset(model, preset_dir: Union[str, os.PathLike]) -> Path:
     prep = model.preprocessing
     write_json_atomic(folder / PREPROCESSING_FILE, None if prep is None else prep.to_dict())
     write_json_atomic(folder / METADATA_FILE, _metadata(model))
+    if postprocessing is not None:
+        plain = postprocessing if isinstance(postprocessing, dict) else postprocessing.to_dict()
+        write_json_atomic(folder / POSTPROCESSING_FILE, plain)
     return folder
 
 

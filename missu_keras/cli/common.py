@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from missu_keras.config import parse_set_options  # light: no TensorFlow
 from missu_keras.data.datasets import LAYOUTS  # light: no TensorFlow
@@ -32,7 +33,7 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-INFERENCE_PRECISIONS = ("float32", "mixed_bfloat16")
+INFERENCE_PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 
 
 def add_set_option(parser, what: str = "MISSUConfig") -> None:
@@ -73,9 +74,15 @@ def add_inference_arguments(parser, several_models: bool = False) -> None:
                              "2023), chaos, msd (Decathlon) or nnunet (nnU-Net raw)")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     parser.add_argument("--tta", action="store_true", help="average the 8 flips (8x the compute)")
-    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32")
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
+                        help="float32 (default), mixed_bfloat16, or auto: mixed_bfloat16 where the "
+                             "CPU has bf16 units (avx512_bf16 / amx_bf16), else float32; says which")
     parser.add_argument("--sw-batch-size", type=int, default=1, help="windows per model call")
     parser.add_argument("--quiet", action="store_true", help="no progress bar over the windows")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def weights_argument(text):
@@ -84,5 +91,10 @@ def weights_argument(text):
 
 
 def segmenter_kwargs(args) -> dict:
-    return dict(overlap=args.overlap, flip_tta=args.tta, precision=args.precision,
+    """The `Segmenter` settings of the inference flags (``--precision auto`` resolved
+    here, at run time, and the choice printed)."""
+    from missu_keras.hardware import resolve_precision  # reads the GPUs through TensorFlow: at run time
+
+    precision = resolve_precision(args.precision, "inference", log=_say)
+    return dict(overlap=args.overlap, flip_tta=args.tta, precision=precision,
                 sw_batch_size=args.sw_batch_size, progress=not args.quiet)

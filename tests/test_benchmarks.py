@@ -24,7 +24,7 @@ def bench_model():
 
 def test_compare_unetr_tiny(bench_model, capsys):
     rc = bench_model.main(["--preset", "tiny", "--image-size", "32", "--skip-train", "--skip-bf16",
-                           "--repeats", "1", "--compare-unetr"])
+                           "--repeats", "1", "--matmul-size", "256", "--compare-unetr"])
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     out = json.loads(lines[-1])
@@ -61,12 +61,47 @@ def test_unetr_skipped_when_torch_or_monai_missing(bench_model, tmp_path, monkey
     assert any(f"No module named '{m}'" in result["reason"] for m in absent), (absent, result)
 
 
-def test_compare_unetr_off_by_default(bench_model, capsys):
+def test_compare_unetr_off_by_default(bench_model, capsys, monkeypatch):
+    """Also: the same run's float32 matmul rate (bfloat16 only where the CPU has bf16 units,
+    faked absent here) and the forward as a fraction of it, in the table and the JSON line."""
+    from missu_keras import compat
+
+    monkeypatch.setattr(compat, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))  # no bf16 units
     rc = bench_model.main(["--preset", "tiny", "--image-size", "32", "--skip-train", "--skip-bf16",
-                           "--repeats", "1"])
+                           "--repeats", "1", "--matmul-size", "256"])
     assert rc == 0
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lines = capsys.readouterr().out.strip().splitlines()
+    out, table = json.loads(lines[-1]), "\n".join(lines[:-1])
     assert out["unetr"] is None and out["ratio_missu_over_unetr"] is None
+    assert "CPU flags: avx2 yes, avx512f yes, avx512_bf16 no, amx_bf16 no" in table
+    f32 = out["matmul"]["float32"]
+    assert f32["size"] == 256 and f32["flops_per_s"] == pytest.approx(2 * 256 ** 3 / f32["best_s"])
+    assert out["matmul"]["bfloat16"]["skipped"].startswith("no bf16 units")
+    assert "matmul rate float32:" in table and "matmul rate bfloat16: no bf16 units" in table
+    r = out["results"]["forward_float32"]
+    assert r["flops"] == 2 * out["macs"]["exported"]
+    assert r["fraction_of_matmul"] == pytest.approx(r["flops"] / r["median_s"] / f32["flops_per_s"])
+    assert f"{100 * r['fraction_of_matmul']:.0f}% f32" in table
+
+
+def test_fractions_of_the_matmul_rate(bench_model):
+    """A training step counts 3 x the training graph's forward FLOPs (given by the caller);
+    mixed_bfloat16 rows are set against the bfloat16 matmul where it was measured, else the
+    float32 one; rows that failed get nothing."""
+    rates = {"float32": {"dtype": "float32", "flops_per_s": 100.0},
+             "bfloat16": {"dtype": "bfloat16", "flops_per_s": 400.0}}
+    results = {"forward_float32": {"median_s": 2.0}, "forward_mixed_bfloat16": {"median_s": 1.0},
+               "train_step_float32": {"median_s": 10.0}, "train_step_mixed_bfloat16": {"error": "x"}}
+    bench_model.add_fractions(results, {"forward": 100.0, "train_step": 600.0}, rates)
+    assert results["forward_float32"]["fraction_of_matmul"] == pytest.approx(0.5)
+    assert results["forward_mixed_bfloat16"]["fraction_of_matmul"] == pytest.approx(0.25)
+    assert results["forward_mixed_bfloat16"]["matmul_dtype"] == "bfloat16"
+    assert results["train_step_float32"]["fraction_of_matmul"] == pytest.approx(0.6)
+    assert results["train_step_mixed_bfloat16"] == {"error": "x"}
+    rates["bfloat16"] = {"skipped": "no bf16 units"}
+    bench_model.add_fractions(results, {"forward": 100.0, "train_step": 600.0}, rates)
+    assert results["forward_mixed_bfloat16"]["fraction_of_matmul"] == pytest.approx(1.0)
+    assert results["forward_mixed_bfloat16"]["matmul_dtype"] == "float32"
 
 
 def test_profile_step_tiny_forward(capsys):

@@ -131,3 +131,53 @@ def test_bench_data_small(capsys):
     assert out["shape"] == [24, 24, 16] and out["num_crops"] == 2
     assert all(out[k] > 0 for k in ("synthetic_cases_per_second", "cases_per_second", "crops_per_second"))
     assert "write synthetic BraTS cases" in "\n".join(lines[:-1])
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # gpu_check imports bench_model beside it
+    try:
+        spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return module
+
+
+def test_gpu_peaks_by_device_name(gpu_check):
+    assert gpu_check.gpu_peak("NVIDIA H200") == ("H200", 989.0)
+    assert gpu_check.gpu_peak("NVIDIA H100 PCIe") == ("H100 PCIe", 756.0)
+    assert gpu_check.gpu_peak("NVIDIA H100 80GB HBM3") == ("H100", 989.0)
+    assert gpu_check.gpu_peak("NVIDIA A100-SXM4-40GB") == ("A100", 312.0)
+    assert gpu_check.gpu_peak("Some Future GPU") is None
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_cpu(gpu_check, capsys):
+    """On a machine without a GPU (CI): the tiny preset, one float32 training step, the
+    mixed_float16 and jit_compile rows skipped with a reason, the whole case through the
+    Segmenter and the SavedModel with the same labels, and the CPU note in table and JSON."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this test checks the CPU path of gpu_check.py")
+    assert gpu_check.main(["--image-size", "16", "--shape", "32", "32", "24"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    out, table = json.loads(lines[-1]), "\n".join(lines[:-1])
+    assert out["note"] == gpu_check.CPU_NOTE and gpu_check.CPU_NOTE in table
+    assert out["settings"]["preset"] == "tiny" and out["input_shape"] == [1, 16, 16, 16, 4]
+    train = out["training"]
+    assert set(train) == {"train_mixed_float16", "train_mixed_float16_jit", "train_float32", "train_float32_jit"}
+    f32 = train["train_float32"]
+    assert f32["step_s"] > 0 and f32["loss_finite"]
+    assert f32["images_per_s"] == pytest.approx(2 / f32["step_s"])
+    assert f32["tflops_per_s"] == pytest.approx(out["training_flops_per_image"] * 2 / f32["step_s"] / 1e12)
+    assert f32["fraction_of_peak"] is None and "unknown peak" in table
+    assert train["train_float32_jit"]["skipped"].startswith("CPU: XLA")
+    assert train["train_mixed_float16"]["skipped"].startswith("CPU: float16")
+    case = out["whole_case"]
+    assert case["case_shape"] == [32, 32, 24] and case["python_s"] > 0 and case["savedmodel_s"] > 0
+    assert case["labels_identical"] and case["agree"] and "OK" in table

@@ -80,7 +80,10 @@ print(json.dumps({"median_s": float(np.median(times)), "min_s": float(min(times)
 """
 
 
-UNETR_CHILD = r"""
+# MONAI's UNETR as the MONAI BraTS tutorial sets it up, built for args["img_size"]; where
+# torch, monai or einops is missing, prints a "skipped" JSON line and exits. Shared with
+# bench_inference.py --compare-monai (sliding window), so both compare the same network.
+UNETR_BUILD = r"""
 import json, resource, sys, time
 args = json.loads(sys.argv[1])
 # monai imports torch.utils.tensorboard, which loads TensorFlow when it is installed (~0.5 GB
@@ -106,6 +109,11 @@ net = UNETR(in_channels=args["in_channels"], out_channels=args["out_channels"], 
             feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12, norm_name="instance",
             res_block=True, dropout_rate=0.0, **{proj_kw: "conv"}).eval()
 params = sum(p.numel() for p in net.parameters())
+about = {"params": int(params), "threads": torch.get_num_threads(), "torch": torch.__version__,
+         "monai": monai.__version__, "patch_embedding": f"{proj_kw}=conv"}
+"""
+
+UNETR_CHILD = UNETR_BUILD + r"""
 x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, args["in_channels"], *size)).astype("float32"))
 times = []
 with torch.inference_mode():
@@ -114,9 +122,7 @@ with torch.inference_mode():
         t = time.perf_counter(); net(x); times.append(time.perf_counter() - t)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
 print(json.dumps({"median_s": float(np.median(times)), "min_s": float(min(times)), "peak_gb": peak,
-                  "params": int(params), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                  "monai": monai.__version__, "input_shape": [1, args["in_channels"], *size],
-                  "patch_embedding": f"{proj_kw}=conv"}))
+                  "input_shape": [1, args["in_channels"], *size], **about}))
 """
 
 

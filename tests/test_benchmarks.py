@@ -181,3 +181,49 @@ def test_gpu_check_runs_on_cpu(gpu_check, capsys):
     case = out["whole_case"]
     assert case["case_shape"] == [32, 32, 24] and case["python_s"] > 0 and case["savedmodel_s"] > 0
     assert case["labels_identical"] and case["agree"] and "OK" in table
+
+
+@pytest.fixture(scope="module")
+def bench_inference():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports bench_model beside it
+    try:
+        spec = importlib.util.spec_from_file_location("bench_inference", REPO / "benchmarks" / "bench_inference.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return module
+
+
+def test_compare_monai_skipped_when_monai_missing(bench_inference, tmp_path, monkeypatch):
+    """--compare-monai's child says "skipped" (and why) where monai cannot be imported; its
+    UNETR is built for the MISSU patch (tiny preset at --image-size 32)."""
+    (tmp_path / "monai.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'monai' (hidden by the test)\", name='monai')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    args = bench_inference._parse(["--preset", "tiny", "--image-size", "32", "--compare-monai"])
+    result = bench_inference.compare_monai(args, str(tmp_path / "volume.npy"))
+    assert result["skipped"] == "pip install monai torch einops", result
+    assert "No module named 'monai'" in result["reason"]
+
+
+def test_compare_monai_report(bench_inference, capsys):
+    """The MONAI row, its settings and the ratio MISSU float32 / MONAI in table and JSON;
+    a skipped MONAI leaves the ratio out."""
+    args = bench_inference._parse(["--shape", "48", "48", "40", "--compare-monai"])
+    machine = {"cpu": "test CPU", "threads": 2, "tensorflow": "x", "gpus": 0}
+    results = {"float32": {"seconds": 3.0, "peak_gb": 1.0, "model_calls": 4, "windows": 4, "crop": [30, 37, 40]}}
+    monai = {"seconds": 6.0, "peak_gb": 2.0, "windows": 8, "model_calls": 8, "input_shape": [1, 4, 48, 48, 40],
+             "roi": [32, 32, 32], "params": 102_000_000, "threads": 2, "torch": "t", "monai": "m"}
+    bench_inference._report(args, machine, results, monai)
+    lines = capsys.readouterr().out.strip().splitlines()
+    out, table = json.loads(lines[-1]), "\n".join(lines[:-1])
+    assert out["ratio_missu_over_monai"] == pytest.approx(0.5) and out["monai"] == monai
+    assert "MISSU float32 / MONAI UNETR whole-case time ratio: 0.50" in table
+    assert "monai_unetr_float32" in table and "ROI (32, 32, 32), Gaussian" in table
+    bench_inference._report(args, machine, results, {"skipped": "pip install monai torch einops", "reason": "r"})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1])["ratio_missu_over_monai"] is None
+    assert "monai_unetr_float32      skipped: pip install monai torch einops (r)" in lines

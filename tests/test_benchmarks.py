@@ -197,16 +197,16 @@ def bench_inference():
     return module
 
 
-def test_compare_monai_skipped_when_monai_missing(bench_inference, tmp_path, monkeypatch):
-    """--compare-monai's child says "skipped" (and why) where monai cannot be imported; its
-    UNETR is built for the MISSU patch (tiny preset at --image-size 32)."""
-    (tmp_path / "monai.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'monai' (hidden by the test)\", name='monai')\n")
+def test_compare_monai_skipped_when_torch_missing(bench_inference, tmp_path, monkeypatch):
+    """--compare-monai's child says "skipped" (and why) where torch / monai cannot be imported
+    (torch hidden: it is imported first, so the child stops at once)."""
+    (tmp_path / "torch.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torch' (hidden by the test)\", name='torch')\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     args = bench_inference._parse(["--preset", "tiny", "--image-size", "32", "--compare-monai"])
     result = bench_inference.compare_monai(args, str(tmp_path / "volume.npy"))
     assert result["skipped"] == "pip install monai torch einops", result
-    assert "No module named 'monai'" in result["reason"]
+    assert "No module named 'torch'" in result["reason"]
 
 
 def test_compare_monai_report(bench_inference, capsys):

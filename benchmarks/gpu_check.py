@@ -69,6 +69,7 @@ def _parse(argv):
     p.add_argument("--precisions", nargs="+", default=None,
                    help="training precisions (GPU: mixed_float16 float32; CPU: float32)")
     p.add_argument("--skip-jit", action="store_true", help="no jit_compile runs (never run on CPU)")
+    p.add_argument("--only-jit", action="store_true", help="only the jit_compile runs (GPU)")
     p.add_argument("--skip-savedmodel", action="store_true", help="no export / SavedModel run")
     return p.parse_args(argv)
 
@@ -92,7 +93,7 @@ def _settings(args, machine):
         "batch": args.batch, "steps": args.steps or (3 if on_gpu else 1),
         "shape": list(args.shape or ((240, 240, 155) if on_gpu else (48, 48, 32))),
         "precisions": args.precisions or (["mixed_float16", "float32"] if on_gpu else ["float32"]),
-        "jit": [False] if (args.skip_jit or not on_gpu) else [False, True],
+        "jit": [False] if (args.skip_jit or not on_gpu) else [True] if args.only_jit else [False, True],
         "note": None if on_gpu else CPU_NOTE,
     }
 
@@ -167,7 +168,7 @@ def run_training(settings, machine, pre):
                 results[key] = {"skipped": "not asked for" if machine["gpus"] else
                                 "CPU: float16 Conv3D is emulated there (slow)"}
             elif jit not in settings["jit"]:
-                results[key] = {"skipped": "--skip-jit" if machine["gpus"] else
+                results[key] = {"skipped": "not asked for" if machine["gpus"] else
                                 "CPU: XLA compiles 3D convolutions slowly there"}
             else:
                 try:

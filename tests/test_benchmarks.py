@@ -155,7 +155,6 @@ def test_gpu_peaks_by_device_name(gpu_check):
     assert gpu_check.gpu_peak("Some Future GPU") is None
 
 
-@pytest.mark.slow
 def test_gpu_check_runs_on_cpu(gpu_check, capsys):
     """On a machine without a GPU (CI): the tiny preset, one float32 training step, the
     mixed_float16 and jit_compile rows skipped with a reason, the whole case through the

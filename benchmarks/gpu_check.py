@@ -80,7 +80,10 @@ def _machine():
     gpus = tf.config.list_physical_devices("GPU")
     name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else None
     for gpu in gpus:  # grow as needed, so that "peak" is what the runs used
-        tf.config.experimental.set_memory_growth(gpu, True)
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # the GPU was initialised already (e.g. called twice in one process)
+            pass
     return {"gpu": name, "gpus": len(gpus), "cpu": cpu_model(), "threads": os.cpu_count(),
             "tensorflow": tf.__version__, "peak_tflops": (gpu_peak(name) or (None, None))[1] if name else None}
 

@@ -17,6 +17,17 @@ Prints a table, then one JSON object as the last line.
     python benchmarks/bench_inference.py --skip-tta --skip-bf16
     python benchmarks/bench_inference.py --skip-tta --skip-bf16 --only-resampled
     python benchmarks/bench_inference.py --preset tiny --image-size 64 --shape 96 96 64
+    python benchmarks/bench_inference.py --skip-tta --skip-bf16 --skip-resampled --compare-monai
+
+``--compare-monai`` (issue 17) also segments the same generated case with MONAI's
+`sliding_window_inference` over UNETR (PyTorch; bench_model.py's --compare-unetr settings,
+built for the same ROI as the MISSU patch), at the same overlap, Gaussian weighting,
+windows per call and thread count, followed by the argmax, in its own process (one
+warm-up forward on one ROI first). MONAI gets the whole case as loaded (the MONAI BraTS
+tutorial's validation crops nothing); MISSU's pipeline crops the foreground first, so the
+two window counts are both reported. The table and JSON give both times and the ratio
+MISSU float32 / MONAI (goal: at most 0.6). Where torch, monai or einops is missing the row
+says "skipped".
 
 Targets: (issue 4) 2-core machine, float32 without TTA: under 60 s and 4 GB; (issue 15)
 the resampling adds at most 20 % to the whole-case time.
@@ -31,7 +42,9 @@ import subprocess
 import sys
 import tempfile
 
-from bench_model import cpu_model
+import numpy as np
+
+from bench_model import UNETR_BUILD, cpu_model
 
 CHILD = r"""
 import dataclasses, json, os, resource, sys, time
@@ -94,7 +107,59 @@ print(json.dumps(out))
 """
 
 
-def _report(args, machine: dict, results: dict) -> None:
+MONAI_CHILD = UNETR_BUILD + r"""
+import math
+from monai.inferers import sliding_window_inference
+volume = np.load(args["volume"])  # (H, W, D, C), as loaded
+x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, -1, 0)[None]))
+# windows per axis as MONAI places them: a step of int(roi * (1 - overlap)), at least 1
+steps = [max(int(r * (1 - args["overlap"])), 1) for r in size]
+windows = math.prod(1 if n <= r else math.ceil((n - r) / s) + 1 for n, r, s in zip(x.shape[2:], size, steps))
+with torch.inference_mode():
+    net(torch.zeros((1, args["in_channels"], *size)))  # warm-up
+    t = time.perf_counter()
+    probs = sliding_window_inference(x, roi_size=size, sw_batch_size=args["sw_batch_size"], predictor=net,
+                                     overlap=args["overlap"], mode="gaussian")
+    labels = probs.argmax(1)
+    seconds = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KiB -> GiB
+print(json.dumps({"seconds": seconds, "peak_gb": peak, "windows": windows, "model_calls": windows,
+                  "input_shape": list(x.shape), "roi": list(size), **about}))
+"""
+
+
+def compare_monai(args, volume_file: str) -> dict:
+    """MONAI sliding_window_inference + UNETR on the saved case volume (own process)."""
+    from missu_keras.presets import get_preset_config
+
+    preset = get_preset_config(args.preset)
+    roi = [args.image_size] * 3 if args.image_size else list(preset["image_size"])
+    spec = {"img_size": roi, "in_channels": preset["in_channels"], "out_channels": preset["num_classes"],
+            "threads": os.cpu_count(), "overlap": args.overlap, "sw_batch_size": args.sw_batch_size,
+            "volume": volume_file}
+    proc = subprocess.run([sys.executable, "-c", MONAI_CHILD, json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode:
+        lines = proc.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _print_monai(monai: dict, ratio) -> None:
+    key = "monai_unetr_float32"
+    if "seconds" in monai:
+        print(f"{key:<24} {monai['seconds']:>9.1f} {monai['peak_gb']:>8.2f} {monai['model_calls']:>12}")
+        print(f"MONAI {monai['monai']} sliding_window_inference + UNETR (torch {monai['torch']}, "
+              f"{monai['threads']} threads, ROI {tuple(monai['roi'])}, Gaussian) on the whole case "
+              f"{tuple(monai['input_shape'][2:])}: params {monai['params'] / 1e6:.2f} M")
+    elif "skipped" in monai:
+        print(f"{key:<24} skipped: {monai['skipped']} ({monai['reason']})")
+    else:
+        print(f"{key:<24} error: {monai['error']}")
+    if ratio is not None:
+        print(f"MISSU float32 / MONAI UNETR whole-case time ratio: {ratio:.2f} (goal <= 0.6)")
+
+
+def _report(args, machine: dict, results: dict, monai=None) -> None:
     """The table, the resampling line and the last-line JSON."""
     first = next((r for r in results.values() if "error" not in r), {})
     print(f"MISSU preset {args.preset}, case {tuple(args.shape)} (crop {first.get('crop')}, "
@@ -114,13 +179,19 @@ def _report(args, machine: dict, results: dict) -> None:
         print(f"{key}: case {tuple(args.resampled_shape)} at {tuple(args.resampled_spacing)} mm, "
               f"box {tuple(r['box'])} -> {tuple(r['crop'])} at 1 mm; resampling adds "
               f"{100 * r['resample_added']:.1f} % to the rest of the case (target <= 20 %)")
+    ratio = None
+    if monai is not None:
+        missu = results.get("float32", {})
+        ratio = missu["seconds"] / monai["seconds"] if "seconds" in missu and "seconds" in monai else None
+        _print_monai(monai, ratio)
     print(json.dumps({"preset": args.preset, "shape": list(args.shape), "overlap": args.overlap,
                       "resampled_shape": list(args.resampled_shape),
                       "resampled_spacing": list(args.resampled_spacing),
-                      "machine": machine, "results": results}))
+                      "machine": machine, "results": results, "monai": monai,
+                      "ratio_missu_over_monai": ratio}))
 
 
-def main(argv=None):
+def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="brats")
     p.add_argument("--image-size", type=int, default=None, help="override the patch size")
@@ -136,12 +207,16 @@ def main(argv=None):
                    metavar=("X", "Y", "Z"), help="its voxel spacing in mm (default 0.8 0.8 3)")
     p.add_argument("--skip-resampled", action="store_true", help="skip the case that needs resampling")
     p.add_argument("--only-resampled", action="store_true", help="run only the case that needs resampling")
-    args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    p.add_argument("--compare-monai", action="store_true",
+                   help="also run MONAI's sliding_window_inference with UNETR on the same case, ROI, "
+                        "overlap, Gaussian mode and threads (needs: pip install monai torch einops)")
+    return p.parse_args(argv)
+
+
+def _run_configs(args, data: str) -> dict:
+    """Each MISSU configuration in its own process."""
     from missu_keras.data import write_synthetic_brats
 
-    data = tempfile.mkdtemp(prefix="bench_inference_")
-    write_synthetic_brats(data, num_cases=1, seed=0, shape=tuple(args.shape))
     configs = [(tta, precision, None) for tta in ([False] if args.skip_tta else [False, True])
                for precision in (["float32"] if args.skip_bf16 else ["float32", "mixed_bfloat16"])]
     configs = [] if args.only_resampled else configs
@@ -163,12 +238,29 @@ def main(argv=None):
         else:
             results[key] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"  {key}: {results[key]}", file=sys.stderr, flush=True)
+    return results
+
+
+def main(argv=None):
+    args = _parse(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from missu_keras.data import find_brats_cases, write_synthetic_brats
+
+    data = tempfile.mkdtemp(prefix="bench_inference_")
+    write_synthetic_brats(data, num_cases=1, seed=0, shape=tuple(args.shape))
+    results = _run_configs(args, data)
+    monai = None
+    if args.compare_monai:
+        volume_file = os.path.join(tempfile.mkdtemp(prefix="bench_inference_monai_"), "volume.npy")
+        np.save(volume_file, find_brats_cases(data)[0].load().image)
+        monai = compare_monai(args, volume_file)
+        print(f"  monai_unetr_float32: {monai}", file=sys.stderr, flush=True)
 
     import tensorflow as tf
 
     machine = {"cpu": cpu_model(), "threads": os.cpu_count(), "tensorflow": tf.__version__,
                "gpus": len(tf.config.list_physical_devices("GPU"))}
-    _report(args, machine, results)
+    _report(args, machine, results, monai)
     return 0
 
 

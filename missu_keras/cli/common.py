@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from missu_keras.config import parse_set_options  # light: no TensorFlow
 from missu_keras.data.datasets import LAYOUTS  # light: no TensorFlow
@@ -32,7 +33,7 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-INFERENCE_PRECISIONS = ("float32", "mixed_bfloat16")
+INFERENCE_PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 
 
 def add_set_option(parser, what: str = "MISSUConfig") -> None:
@@ -75,12 +76,18 @@ def add_inference_arguments(parser, several_models: bool = False) -> None:
                              "2023), chaos, msd (Decathlon) or nnunet (nnU-Net raw)")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     parser.add_argument("--tta", action="store_true", help="average the 8 flips (8x the compute)")
-    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32")
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
+                        help="float32 (default), mixed_bfloat16, or auto: mixed_bfloat16 where the "
+                             "CPU has bf16 units (avx512_bf16 / amx_bf16), else float32; says which")
     parser.add_argument("--sw-batch-size", type=int, default=1, help="windows per model call")
     parser.add_argument("--quiet", action="store_true", help="no progress bar over the windows")
     parser.add_argument("--no-postprocessing", action="store_true",
                         help="do not apply the post-processing stored with the model "
                              "(postprocessing.json, chosen by 'missu-keras postprocess choose')")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def weights_argument(text):
@@ -89,7 +96,12 @@ def weights_argument(text):
 
 
 def segmenter_kwargs(args) -> dict:
-    # postprocessing: "stored" (the model's postprocessing.json) unless --no-postprocessing
-    return dict(overlap=args.overlap, flip_tta=args.tta, precision=args.precision,
+    """The `Segmenter` settings of the inference flags (``--precision auto`` resolved
+    here, at run time, and the choice printed); ``postprocessing``: ``"stored"`` (the
+    model's postprocessing.json) unless --no-postprocessing."""
+    from missu_keras.hardware import resolve_precision  # reads the GPUs through TensorFlow: at run time
+
+    precision = resolve_precision(args.precision, "inference", log=_say)
+    return dict(overlap=args.overlap, flip_tta=args.tta, precision=precision,
                 sw_batch_size=args.sw_batch_size, progress=not args.quiet,
                 postprocessing=None if getattr(args, "no_postprocessing", False) else "stored")

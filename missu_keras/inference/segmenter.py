@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from missu_keras.data.geometry import reorient, undo_orientation, voxel_spacing
 from missu_keras.data.preprocessing import PreprocessingConfig
+from missu_keras.hardware import resolve_precision
 from missu_keras.inference.pipeline import as_preprocessing_config, finish_volume, prepare_volume
 from missu_keras.inference.postprocessing import as_postprocessing_config, check_postprocessing
 from missu_keras.inference.sliding_window import (SlidingWindowInferer, rebuild_with_dtype_policy,
@@ -63,8 +64,9 @@ class Segmenter:
         preprocessing: the `PreprocessingConfig` (or its dict) the model was trained with.
         overlap, flip_tta, sw_batch_size, progress: see
             `missu_keras.inference.SlidingWindowInferer`.
-        precision: ``"float32"`` or ``"mixed_bfloat16"`` (the model is rebuilt under that
-            policy; the output stays float32).
+        precision: ``"float32"``, ``"mixed_bfloat16"`` (the model is rebuilt under that
+            policy; the output stays float32) or ``"auto"`` (`missu_keras.hardware`:
+            ``mixed_bfloat16`` on a CPU with bf16 units, else ``float32``; logged).
         postprocessing: a `missu_keras.inference.PostprocessingConfig` (its dict, or a
             ``postprocessing.json`` path) applied to the labels in the compiled
             pipeline; ``None`` (default): none.
@@ -76,10 +78,11 @@ class Segmenter:
         preprocessing = as_preprocessing_config(preprocessing)
         self.postprocessing = as_postprocessing_config(postprocessing)
         check_postprocessing(self.postprocessing, preprocessing.convention)
-        if precision not in ("float32", "mixed_bfloat16"):
+        if precision not in ("float32", "mixed_bfloat16", "auto"):
             raise ValueError(
-                f"precision must be 'float32' or 'mixed_bfloat16'; received {precision!r}"
+                f"precision must be 'float32', 'mixed_bfloat16' or 'auto'; received {precision!r}"
             )
+        precision = resolve_precision(precision, "inference")
         self.patch_size = _check_model(model, preprocessing)
         if precision == "mixed_bfloat16":
             model = rebuild_with_dtype_policy(model, "mixed_bfloat16")

@@ -38,8 +38,9 @@ class TrainConfig(StrictConfig):
         loss: ``"ce"``, ``"dice"``, ``"dice_ce"`` or ``"released_dice"``; default the preset's.
         distill_weight: lambda of ``L_seg + lambda L_sd``; default the preset's (0.3).
         precision: ``"float32"``, ``"mixed_float16"`` (GPU, with loss scaling),
-            ``"mixed_bfloat16"`` (CPU with bf16 units, TPU) or ``"auto"`` (mixed_float16
-            on GPU, float32 otherwise).
+            ``"mixed_bfloat16"`` (CPU with bf16 units, TPU) or ``"auto"``
+            (`missu_keras.hardware`: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with
+            AVX512-BF16 or AMX, float32 otherwise; the run's log says which).
         learning_rate: peak of the poly schedule (the paper: 4e-4).
         val_data: a separate folder of labelled validation cases; default: hold out
             ``val_fraction`` of ``data`` (seeded).

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Union
 
 import keras
-import tensorflow as tf
 
 from missu_keras.config import int_or_triple
 from missu_keras.data.cache import build_cache
@@ -23,6 +22,7 @@ from missu_keras.data.pipeline import make_training_dataset
 from missu_keras.data.preprocessing import PreprocessingConfig, with_median_spacing
 from missu_keras.distribute import choose_strategy, is_chief, worker_tag
 from missu_keras.files import prepare_output_dir, write_json_atomic
+from missu_keras.hardware import resolve_precision
 from missu_keras.metrics import region_dice_metrics
 from missu_keras.models import MISSU
 from missu_keras.presets import get_preset_config
@@ -82,13 +82,6 @@ class _Folders:
     @property
     def tensorboard(self) -> Path:
         return self.write_dir / "tensorboard"
-
-
-def resolve_precision(precision: str) -> str:
-    """``"auto"`` -> ``mixed_float16`` where a GPU is visible, else ``float32``."""
-    if precision != "auto":
-        return precision
-    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "float32"
 
 
 def _split(ids: Sequence[str], fraction: float, seed: int):
@@ -369,7 +362,7 @@ def train(config: Union[TrainConfig, Dict[str, Any], None] = None, *, strategy=N
     # Under MultiWorkerMirroredStrategy every worker runs this function, with a cache,
     # backup and scratch folder of its own (worker_tag), so nothing is written twice.
     data = _prepare_data(config, patch, worker_tag(strategy), say)
-    precision = resolve_precision(config.precision)
+    precision = resolve_precision(config.precision, "training", log=log)
     overrides = _model_overrides(config, preset, data)
     model = _build_model(config, overrides, data, precision, strategy)
     _initialise(config, model, overrides, strategy, say)

@@ -154,7 +154,8 @@ def test_the_graph_sees_imports():
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"],
-                                  ["export", "--help"], ["synth", "brats", "--help"]])
+                                  ["export", "--help"], ["synth", "brats", "--help"],
+                                  ["view", "--help"], ["postprocess", "choose", "--help"]])
 def test_help_does_not_load_tensorflow(argv):
     """The installed console script, with Python's import log: TensorFlow and Keras are
     never imported for --help, and nothing of TensorFlow's start-up log is printed."""

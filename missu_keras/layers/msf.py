@@ -10,19 +10,55 @@ from missu_keras.layers.base import register
 from missu_keras.layers.conv import SafeConv3D
 
 
+def _dilated_kernel_gradient(x, dy, kernel_shape, rate):
+    """The kernel gradient of a stride-1 "same" 3x3x3 convolution with dilation ``rate``,
+    computed as the kernel gradient of an undilated convolution over the ``rate``-strided
+    sub-lattices of ``x`` and ``dy`` stacked in the batch (SpaceToBatch).
+
+    Each sub-lattice sees exactly the dilated kernel's taps, one lattice step apart; the
+    zeros padded to make every side a multiple of the rate add nothing (``dy`` is zero
+    there). oneDNN's own dilated kernel gradient runs 2.5-3.4x slower than this at
+    128^3 x 16 on a 2-core Sapphire Rapids (benchmarks/NOTES.md, section 16).
+    """
+    sides = [side if side is not None else tf.shape(x)[i + 1] for i, side in enumerate(x.shape[1:-1])]
+    pad = [[0, 0]] + [[0, -(-side // r) * r - side] for side, r in zip(sides, rate)] + [[0, 0]]
+    blocks = [[0, 0]] * 3
+    xb = tf.space_to_batch_nd(tf.pad(x, pad), rate, blocks)
+    dyb = tf.space_to_batch_nd(tf.pad(dy, pad), rate, blocks)
+    return tf.raw_ops.Conv3DBackpropFilterV2(input=xb, filter_sizes=kernel_shape, out_backprop=dyb,
+                                             strides=[1] * 5, padding="SAME")
+
+
+def _dilated_conv3d(x, kernel, rate):
+    """``tf.nn.conv3d(x, kernel, dilations=rate)`` ("same", stride 1) whose gradient takes
+    oneDNN's dilated input gradient and :func:`_dilated_kernel_gradient`."""
+    dilations = [1, *rate, 1]
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(dy):
+            dx = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
+                                                  strides=[1] * 5, padding="SAME", dilations=dilations)
+            return dx, _dilated_kernel_gradient(x, dy, tf.shape(kernel), rate)
+
+        return tf.nn.conv3d(x, kernel, strides=[1] * 5, padding="SAME", dilations=dilations), grad
+
+    return conv(x, kernel)
+
+
 def direct_dilated_conv(conv, x):
-    """``conv`` (a Keras ``Conv3D``, stride 1, "same", dilation > 1, no activation) as one
-    Conv3D op with its ``dilations`` attribute.
+    """``conv`` (a Keras ``Conv3D``, stride 1, "same", 3x3x3, dilation > 1, no activation)
+    as one Conv3D op with its ``dilations`` attribute.
 
     Keras (through ``tf.nn.convolution``) expresses a dilated convolution as SpaceToBatch ->
     Conv3D -> BatchToSpace, two extra copies of the map forward and backward. oneDNN's CPU
-    kernels and cuDNN take the dilation directly (1.16x faster forward + backward at
-    128^3 x 16, rate 3; benchmarks/NOTES.md); TensorFlow's Eigen CPU kernel does not, so
-    the caller uses this only when oneDNN is on, in float32. Same result up to float rounding.
+    kernels and cuDNN take the dilation directly (forward 1.4x faster at 128^3 x 16, rate
+    3; benchmarks/NOTES.md section 9), but oneDNN's dilated kernel gradient is slow, so the
+    kernel gradient goes through the sub-lattices instead (:func:`_dilated_kernel_gradient`,
+    section 16). TensorFlow's Eigen CPU kernel takes no dilation, so the caller uses this
+    only when oneDNN is on, in float32. Same result up to float rounding.
     """
-    rate = conv.dilation_rate
-    y = tf.nn.conv3d(x, ops.cast(conv.kernel, x.dtype), strides=[1] * 5, padding="SAME",
-                     dilations=[1, *rate, 1])
+    y = _dilated_conv3d(x, ops.cast(conv.kernel, x.dtype), tuple(conv.dilation_rate))
     if conv.use_bias:
         y = tf.nn.bias_add(y, ops.cast(conv.bias, y.dtype))
     return y

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import keras
 import tensorflow as tf
 from keras import layers, ops
@@ -49,44 +47,50 @@ def attention_core(q, k, v):
 
 def recomputed_attention(q, k, v, seed, rate):
     """``dropout(softmax(q k^T)) v`` for training, with a hand-written gradient that keeps
-    only q, k, v and the dropout seed between the forward and backward passes.
+    only q, k, v, the output and the dropout keep mask between the forward and backward
+    passes.
 
     Automatic differentiation keeps the N x N scores, softmax output, dropout mask and
     dropped weights of every layer (8 x 4096^2 values each for the brats preset: 0.5 GB in
-    float32 per tensor); here the backward pass recomputes the scores and softmax and
-    regenerates the dropout mask from the seed. Same values as the automatic gradient up to
-    float rounding (tests/test_layers.py); see benchmarks/NOTES.md (section 7).
+    float32 per tensor); here the backward pass recomputes the scores and softmax and keeps
+    only the boolean keep mask (one byte a weight, 0.13 GB a layer: regenerating it from the
+    seed cost more time than it saved memory). The dropout scale multiplies the (N, head_dim)
+    output rather than the N x N weights, and the softmax gradient's row sums
+    ``sum_j dW_ij P_ij`` are taken as ``d_out_i . out_i`` (as FlashAttention does), which
+    saves three passes over N x N tensors. Same values as the automatic gradient up to float
+    rounding (tests/test_layers.py); see benchmarks/NOTES.md (sections 7 and 16).
     """
-
-    def forward(q, k, v, seed):
-        probs = attention_probs(q, k)
-        if rate > 0:
-            keep, scale = attention_keep_mask(tf.shape(probs), seed, rate)
-            probs_dropped = tf.where(keep, probs * scale, 0.0)
-        else:
-            keep, scale, probs_dropped = None, 1.0, probs
-        return probs, keep, scale, probs_dropped
 
     @tf.custom_gradient
     def core(q, k, v, seed):
-        _, _, _, weights = forward(q, k, v, seed)
-        out = tf.linalg.matmul(ops.cast(weights, v.dtype), v)
+        probs = attention_probs(q, k)
+        if rate > 0:
+            keep, scale = attention_keep_mask(tf.shape(probs), seed, rate)
+            probs = tf.where(keep, probs, 0.0)
+        else:
+            keep, scale = None, 1.0
+        out = tf.linalg.matmul(ops.cast(probs, v.dtype), v)
+        if keep is not None:
+            out = out * ops.cast(scale, out.dtype)
 
         def grad(d_out):
             # The control dependency on d_out keeps grappler from merging this
             # recomputation with the forward ops (common subexpression elimination),
             # which would keep the forward tensors alive again.
             with tf.control_dependencies([d_out]):
-                q_, k_, v_, seed_ = (tf.identity(t) for t in (q, k, v, seed))
-            probs, keep, scale, weights = forward(q_, k_, v_, seed_)
-            d_v = tf.linalg.matmul(ops.cast(weights, d_out.dtype), d_out, transpose_a=True)
-            d_weights = ops.cast(tf.linalg.matmul(d_out, v, transpose_b=True), "float32")
+                q_, k_, v_ = (tf.identity(t) for t in (q, k, v))
+            probs = attention_probs(q_, k_)
+            d_o = d_out if keep is None else d_out * ops.cast(scale, d_out.dtype)
+            weights = probs if keep is None else tf.where(keep, probs, 0.0)
+            d_v = tf.linalg.matmul(ops.cast(weights, d_o.dtype), d_o, transpose_a=True)
+            d_weights = ops.cast(tf.linalg.matmul(d_o, v_, transpose_b=True), "float32")
             if keep is not None:
-                d_weights = tf.where(keep, d_weights * scale, 0.0)
-            d_scores = probs * (d_weights - tf.reduce_sum(d_weights * probs, axis=-1, keepdims=True))
-            d_scores = ops.cast(d_scores, q.dtype)
-            d_q = tf.linalg.matmul(d_scores, k)
-            d_k = tf.linalg.matmul(d_scores, q, transpose_a=True)
+                d_weights = tf.where(keep, d_weights, 0.0)
+            # sum_j d_weights_ij * probs_ij == d_out_i . out_i (out = dropped weights @ v)
+            row = tf.reduce_sum(ops.cast(d_out, "float32") * ops.cast(out, "float32"), axis=-1, keepdims=True)
+            d_scores = ops.cast(probs * (d_weights - row), q.dtype)
+            d_q = tf.linalg.matmul(d_scores, k_)
+            d_k = tf.linalg.matmul(d_scores, q_, transpose_a=True)
             return d_q, d_k, d_v, None
 
         return out, grad

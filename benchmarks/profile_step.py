@@ -11,6 +11,7 @@ what this found for the brats preset.
     python benchmarks/profile_step.py                         # brats training step, 128^3
     python benchmarks/profile_step.py --mode forward          # exported graph forward
     python benchmarks/profile_step.py --preset tiny --image-size 32
+    python benchmarks/profile_step.py --mode forward --precision mixed_bfloat16 --by-op
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def read_trace(logdir):
-    """(op time per op type, [(time, kind, stats, enclosing op name)] of memory events)."""
+    """(op time per op type, [(time, kind, stats, enclosing op name)] of memory events,
+    op time per op name "layer/.../op:OpType")."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     path = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0]
     space = xplane_pb2.XSpace()
     with open(path, "rb") as f:
         space.ParseFromString(f.read())
-    op_time = collections.Counter()
+    op_time, by_name = collections.Counter(), collections.Counter()
     memory_events = []
     for plane in space.planes:
         if plane.name != "/host:CPU":
@@ -50,6 +52,7 @@ def read_trace(logdir):
                 if ":" in name and "/" in name.split(":")[0]:
                     ops.append((event.offset_ps, event.offset_ps + event.duration_ps, name))
                     op_time[name.rsplit(":", 1)[1]] += event.duration_ps / 1e12
+                    by_name[name] += event.duration_ps / 1e12
             ops.sort()
             starts = [op[0] for op in ops]
             for event in line.events:
@@ -62,7 +65,7 @@ def read_trace(logdir):
                 owner = ops[i][2] if i >= 0 and ops[i][1] >= event.offset_ps else "(outside an op)"
                 memory_events.append((line.timestamp_ns * 1000 + event.offset_ps, kind, stats, owner))
     memory_events.sort(key=lambda e: e[0])
-    return op_time, memory_events
+    return op_time, memory_events, by_name
 
 
 def live_at_peak(memory_events):
@@ -91,13 +94,19 @@ def main(argv=None):
     p.add_argument("--mode", choices=("train", "forward"), default="train")
     p.add_argument("--logdir", default=None, help="where the trace goes (default: a temporary folder)")
     p.add_argument("--top", type=int, default=20, help="rows per table")
+    p.add_argument("--precision", default="float32", help="Keras dtype policy, e.g. mixed_bfloat16")
+    p.add_argument("--by-op", action="store_true",
+                   help="also list the slowest single ops by name (layer/op), not only by type")
     args = p.parse_args(argv)
 
     from missu_keras import MISSU, paper_optimizer  # first: it turns oneDNN on before TensorFlow loads
 
+    import keras
     import numpy as np
     import tensorflow as tf
 
+    if args.precision != "float32":
+        keras.mixed_precision.set_global_policy(args.precision)
     overrides = {"image_size": args.image_size} if args.image_size else {}
     model = MISSU.from_preset(args.preset, **overrides)
     cfg = model.config
@@ -131,7 +140,7 @@ def main(argv=None):
     except ValueError:
         allocator_peak = float("nan")
 
-    op_time, memory_events = read_trace(logdir)
+    op_time, memory_events, by_name = read_trace(logdir)
     peak, per_layer = live_at_peak(memory_events)
     total = sum(op_time.values()) or 1.0
     print(f"MISSU {args.preset} {args.mode}, input {'x'.join(map(str, x.shape))}: "
@@ -139,10 +148,14 @@ def main(argv=None):
     print(f"{'op type':<40} {'op seconds':>10} {'share':>6} ")
     for name, value in op_time.most_common(args.top):
         print(f"{name:<40} {value:>10.3f} {100 * value / total:>5.1f}%")
+    if args.by_op:
+        print(f"{'op (layer/.../name:type)':<100} {'seconds':>8}")
+        for name, value in by_name.most_common(args.top):
+            print(f"{name:<100} {value:>8.3f}")
     print(f"tensors live at the traced peak ({peak / 2**30:.2f} GiB), by layer:")
     for name, size in per_layer.most_common(args.top):
         print(f"  {size / 2**30:8.3f} GiB  {name}")
-    print(json.dumps({"preset": args.preset, "mode": args.mode, "input_shape": list(x.shape),
+    print(json.dumps({"preset": args.preset, "mode": args.mode, "precision": args.precision, "input_shape": list(x.shape),
                       "seconds_under_profiler": seconds, "allocator_peak_bytes": None if allocator_peak != allocator_peak else int(allocator_peak),
                       "op_seconds": dict(op_time.most_common(args.top)),
                       "live_at_peak_bytes": {k: int(v) for k, v in per_layer.most_common(args.top)},

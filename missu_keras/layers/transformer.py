@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from missu_keras.compat import onednn_enabled
 from missu_keras.layers.base import register
 from missu_keras.layers.conv import SafeConv3D
 from missu_keras.layers.decoder import BN_EPSILON, BN_MOMENTUM
@@ -40,9 +41,34 @@ def attention_probs(q, k):
     return ops.softmax(ops.cast(tf.linalg.matmul(q, k, transpose_b=True), "float32"), axis=-1)
 
 
+# Inference attends 128 queries at a time: each block's scores (8 heads x 128 x 4096 for
+# the brats preset, 16 MB in float32) stay in the CPU's cache between the matmul, the
+# softmax and the second matmul, where the whole 8 x 4096^2 tensor (512 MB) went through
+# memory three times (benchmarks/NOTES.md, section 16).
+QUERY_BLOCK = 128
+
+
+def _attend(q, k, v):
+    scores = tf.linalg.matmul(q, k, transpose_b=True)
+    if scores.dtype == tf.bfloat16 and onednn_enabled():
+        # oneDNN's bfloat16 softmax computes in float32 and rounds once: bit for bit the
+        # float32 softmax rounded to bfloat16 (measured over 134 M scores; tested), without
+        # the two casts of 8 x N^2 values around it.
+        probs = ops.softmax(scores, axis=-1)
+    else:
+        probs = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)
+    return tf.linalg.matmul(probs, v)
+
+
 def attention_core(q, k, v):
-    """``softmax(q k^T) v`` with plain ops: what inference and export run."""
-    return tf.linalg.matmul(ops.cast(attention_probs(q, k), v.dtype), v)
+    """``softmax(q k^T) v`` with plain ops: what inference and export run. Softmax in
+    float32 (or, for bfloat16 under oneDNN, its kernel that computes in float32); queries
+    in blocks of :data:`QUERY_BLOCK` where the token count is a larger multiple of it."""
+    tokens = q.shape[2]
+    if tokens is None or tokens <= QUERY_BLOCK or tokens % QUERY_BLOCK:
+        return _attend(q, k, v)
+    blocks = [_attend(block, k, v) for block in tf.split(q, tokens // QUERY_BLOCK, axis=2)]
+    return tf.concat(blocks, axis=2)
 
 
 def recomputed_attention(q, k, v, seed, rate):

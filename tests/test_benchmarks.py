@@ -226,3 +226,23 @@ def test_compare_monai_report(bench_inference, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1])["ratio_missu_over_monai"] is None
     assert "monai_unetr_float32      skipped: pip install monai torch einops (r)" in lines
+
+
+def test_bench_precision_tiny(capsys):
+    """benchmarks/bench_precision.py: float32 and mixed_bfloat16 forwards alternated in one
+    process, with the same rounds' matmul rates (tiny preset, two rounds)."""
+    spec = importlib.util.spec_from_file_location("bench_precision", REPO / "benchmarks" / "bench_precision.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import keras
+
+    before = keras.mixed_precision.global_policy().name
+    assert module.main(["--preset", "tiny", "--image-size", "32", "--repeats", "2", "--matmul-size", "256"]) == 0
+    assert keras.mixed_precision.global_policy().name == before  # the global policy is restored
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["input_shape"] == [1, 32, 32, 32, 4] and out["repeats"] == 2
+    for precision in ("float32", "mixed_bfloat16"):
+        row = out["results"][precision]
+        assert len(row["times_s"]) == 2 and row["median_s"] > 0 and row["fraction_of_matmul"] > 0
+    assert out["ratio_bf16_over_float32"] == pytest.approx(
+        out["results"]["mixed_bfloat16"]["median_s"] / out["results"]["float32"]["median_s"])

@@ -258,7 +258,10 @@ def _log_scores(log, summary, paths, uncertainty=None) -> None:
     log(CONVENTION)
     if uncertainty:
         correct, wrong = uncertainty["entropy_correct_mean"], uncertainty["entropy_wrong_mean"]
-        log(f"mean entropy: {correct['mean']:.4f} on correct voxels, {wrong['mean']:.4f} on wrong "
+        def fmt(value):
+            return "n/a" if value is None else f"{value:.4f}"
+
+        log(f"mean entropy: {fmt(correct['mean'])} on correct voxels, {fmt(wrong['mean'])} on wrong "
             f"voxels ({uncertainty['entropy_wrong_voxels']} wrong of "
             f"{uncertainty['entropy_mask_voxels']}); {uncertainty['convention']}")
     log(f"wrote {paths['cases']}, {paths['summary']}" + (f", {paths['report']}" if "report" in paths else ""))

@@ -204,14 +204,15 @@ def _validation_split(run: Path):
 
 def _segment_once(run: Path, data, out: Path, layout: str, overwrite: bool, log, kwargs):
     """Segments the cases to choose on (no post-processing), predictions under ``out``;
-    returns ``(data folder, what the cases are, the run's preprocessing contract)``."""
+    returns ``(data folder, what the cases are, the run's preprocessing contract, the case
+    ids segmented or None for every labelled case of the folder)``."""
     kwargs = {**kwargs, "postprocessing": None}
     if is_cross_validation_run(run):
         first = next(iter(fold_models(run, require_all=True).values()))
         data = data or _recorded_training(first)["data"]
         evaluate_folds(run, data, out, layout=layout, save_predictions=True, overwrite=overwrite,
                        log=log, **kwargs)
-        return data, "out-of-fold predictions of the cross-validation", read_run_preprocessing(first)
+        return data, "out-of-fold predictions of the cross-validation", read_run_preprocessing(first), None
     if data:
         source = f"every labelled case of {data}"
         evaluate(run, data, out, layout=layout, save_predictions=True, overwrite=overwrite, log=log,
@@ -221,17 +222,21 @@ def _segment_once(run: Path, data, out: Path, layout: str, overwrite: bool, log,
         source = f"the run's {len(ids)} validation cases (split.json)"
         evaluate(run, data, out, layout=layout, case_ids=ids, save_predictions=True,
                  overwrite=overwrite, log=log, **kwargs)
-    return data, source, read_run_preprocessing(run)
+        return data, source, read_run_preprocessing(run), set(ids)
+    return data, source, read_run_preprocessing(run), None
 
 
-def _prediction_pairs(data, out: Path, preprocessing, layout: str) -> List[tuple]:
-    """``(case_id, prediction, ground truth)`` for every prediction under ``out``."""
+def _prediction_pairs(data, out: Path, preprocessing, layout: str, case_ids=None) -> List[tuple]:
+    """``(case_id, prediction, ground truth)`` for every prediction under ``out`` of the
+    cases ``case_ids`` (None: every labelled case of ``data``): predictions an earlier
+    choice left there for other cases (``--data`` then, the validation split now) are not
+    paired."""
     conv = preprocessing.convention
     folder = out / "predictions"
     pairs = []
     for case in find_cases([data], preprocessing, layout=layout):
         path = folder / f"{case.case_id}.nii.gz"
-        if not case.has_seg or not path.is_file():
+        if not case.has_seg or not path.is_file() or (case_ids is not None and case.case_id not in case_ids):
             continue
         loaded = case.load()
         gt = convert_labels(loaded.labels, loaded.label_convention, conv,
@@ -276,8 +281,8 @@ def choose_for_run(run, data=None, layout: str = "auto", overwrite: bool = False
     if not overwrite:
         refuse_existing([run / CHOICE_FILE, run / POSTPROCESSING_FILE])
     out = run / PREDICTIONS_FOLDER
-    data, source, prep = _segment_once(run, data, out, layout, overwrite, log, segmenter_kwargs)
-    pairs = _prediction_pairs(data, out, prep, layout)
+    data, source, prep, case_ids = _segment_once(run, data, out, layout, overwrite, log, segmenter_kwargs)
+    pairs = _prediction_pairs(data, out, prep, layout, case_ids)
     config, report = choose_postprocessing(pairs, prep.convention, et_grid, component_grid)
     report = {"run": str(run), "source": source, "data": os.fspath(data),
               "predictions": str(out / "predictions"),

@@ -616,7 +616,7 @@ def _overlays_section(rows, views: Mapping[str, CaseView], convention, regions) 
     blocks = [overlay_html(views[case], convention, f"{rank}: {case} (mean Dice {_fmt(dice)})")
               for rank, case, dice in picked]
     return ("<h2>Best, median and worst case</h2>"
-            f'<p class="note">Ranked by the mean Dice over the regions {", ".join(regions)} '
+            f'<p class="note">Ranked by the mean Dice over the regions {html.escape(", ".join(regions))} '
             f"({len(rows)} cases).</p>" + "\n".join(blocks))
 
 
@@ -714,7 +714,9 @@ def _case_from_folder(folder: Path, pred: Path, layout: str):
 def _case_from_files(files: Sequence[Path], convention):
     """The same for a case given as NIfTI files (`missu_keras.data.io`): the image shown
     is the FLAIR (``_flair`` / ``-t2f``) or the first file, a ``_seg`` / ``-seg`` file is
-    the ground truth; the convention defaults to ``brats2023`` for 2023 file names."""
+    the ground truth. ``convention`` is the ground truth's (``view``'s
+    ``--case-convention``); by default ``brats2023`` for 2023 file names, else ``brats``.
+    (The prediction's ``--convention`` never decides how the ground truth is read.)"""
     stems = [strip_nifti_suffix(f.name) for f in files]
     bad = [str(f) for f in files if not is_nifti(f)]
     if bad:
@@ -752,7 +754,7 @@ def _read_prediction(pred: Path, shape, affine, source_convention, convention):
 
 
 def view_case(case, pred, out=None, convention=None, layout: str = "auto",
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, case_convention=None) -> Path:
     """``missu-keras view``: one case's page (its three planes, and its scores when it
     has a ground truth), written atomically.
 
@@ -766,6 +768,9 @@ def view_case(case, pred, out=None, convention=None, layout: str = "auto",
         convention: the prediction's label convention (default: the case's; a
             different one with the same classes is mapped to the case's).
         layout: the dataset layout of a case folder (default: detected).
+        case_convention: the ground truth's label convention when the case is given as
+            NIfTI files (default: ``brats2023`` for 2023 file names, else ``brats``); a
+            case folder's comes from its layout.
 
     Returns:
         The page's path.
@@ -780,7 +785,7 @@ def view_case(case, pred, out=None, convention=None, layout: str = "auto",
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise FileNotFoundError(f"{missing[0]}: not found; expected a case folder or its NIfTI files")
-        found = _case_from_files(files, convention)
+        found = _case_from_files(files, case_convention)
     case_id, image, image_name, gt, affine, spacing, case_convention = found
     labels = _read_prediction(pred, image.shape[:3], affine, case_convention, convention)
     out = Path(out) if out is not None else Path.cwd() / f"{case_id}_view.html"

@@ -87,6 +87,20 @@ def test_entropy_has_its_known_values_and_the_error_mask_is_the_dilated_foregrou
     assert union.sum() < out["entropy_mask_voxels"] < truth.size
     empty = entropy_by_correctness(h, np.zeros_like(truth), np.zeros_like(truth))
     assert math.isnan(empty["entropy_correct_mean"]) and empty["entropy_mask_voxels"] == 0
+    # summary.json: a column with no case to average is null, never a bare NaN (not JSON)
+    import json
+
+    from missu_keras.evaluation import _log_scores
+    from missu_keras.inference.uncertainty import summarize_uncertainty
+
+    summary = summarize_uncertainty([out, empty])
+    text = json.dumps(summary, allow_nan=False)
+    assert json.loads(text)["entropy_wrong_mean"] == {"mean": 1.0, "std": 0.0, "median": 1.0, "n": 1}
+    none = summarize_uncertainty([empty])
+    assert json.loads(json.dumps(none, allow_nan=False))["entropy_wrong_mean"]["mean"] is None
+    logged = []
+    _log_scores(logged.append, {}, {"cases": "c.csv", "summary": "s.json"}, none)
+    assert any("mean entropy: n/a on correct voxels, n/a on wrong" in line for line in logged)
 
 
 def test_probabilities_in_16_bits_keep_their_sum_and_argmax(tmp_path):

@@ -4,6 +4,7 @@ label maps, and once from the command line), ``predict`` with a stored
 ``postprocessing.json`` and the SavedModel applying the same."""
 
 import json
+import shutil
 
 import keras
 import nibabel
@@ -231,3 +232,10 @@ def test_postprocess_choose_on_a_runs_validation_cases(brats, tmp_path):
 
     assert load_segmenter(str(run)).postprocessing == chosen
     assert load_segmenter(str(run), postprocessing=None).postprocessing.is_empty
+    # a prediction an earlier choice left for a training case (as `choose --data` would) is
+    # not paired when choosing again on the validation split
+    predictions = run / "postprocessing_validation" / "predictions"
+    shutil.copy(predictions / f"{ids[1]}.nii.gz", predictions / f"{ids[0]}.nii.gz")
+    assert run_command(["postprocess", "choose", "--run", str(run), "--quiet", "--et-grid", "0",
+                        "--component-grid", "10", "--overwrite"]) == 0
+    assert json.loads((run / CHOICE_FILE).read_text())["cases"] == ids[1:]

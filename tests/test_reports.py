@@ -157,6 +157,15 @@ def test_view_a_case_folder_and_its_files(evaluated, tmp_path, capsys):
     again = reports.view_case(files, pred, tmp_path / "files.html")
     assert read_page(again).rows["scores"] == page.rows["scores"]
     assert "image: " + case.image_paths["flair"].name in again.read_text()
+    # a prediction in another convention: --convention is the prediction's only; the _seg
+    # file stays BraTS 2021 (read as 2023 it would be refused: 2023 has no label 4)
+    from missu_keras.data.io import read_nifti
+
+    labels, affine = read_nifti(pred, dtype=None)
+    pred_2023 = tmp_path / "pred_2023.nii.gz"
+    write_nifti(pred_2023, np.where(labels == 4, 3, labels).astype(np.uint8), affine)
+    other = reports.view_case(files, pred_2023, tmp_path / "2023.html", convention="brats2023")
+    assert read_page(other).rows["scores"] == page.rows["scores"]
     # without a ground truth: the prediction alone, no scores
     alone = read_page(reports.view_case([case.image_paths["flair"]], pred, tmp_path / "alone.html"))
     assert len(alone.images) == 3 and "scores" not in alone.rows

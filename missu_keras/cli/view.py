@@ -23,6 +23,9 @@ def register(subparsers):
     p.add_argument("--out", default=None, help="the page to write (default: <case>_view.html here)")
     p.add_argument("--convention", default=None, choices=sorted(LABEL_CONVENTIONS),
                    help="label convention of --pred (default: the case's)")
+    p.add_argument("--case-convention", default=None, choices=sorted(LABEL_CONVENTIONS),
+                   help="label convention of the case's _seg file when the case is given as NIfTI "
+                        "files (default: brats2023 for 2023 file names, else brats)")
     p.add_argument("--layout", default="auto", choices=LAYOUTS, help="layout of a case folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=run)
@@ -34,6 +37,6 @@ def run(args) -> int:
 
     case = args.case[0] if len(args.case) == 1 else args.case
     path = view_case(case, args.pred, args.out, convention=args.convention, layout=args.layout,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, case_convention=args.case_convention)
     print(f"Wrote {path}")
     return 0

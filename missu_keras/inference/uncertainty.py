@@ -97,18 +97,20 @@ def _mean(values: np.ndarray, where: np.ndarray) -> float:
 def summarize_uncertainty(rows) -> Dict[str, object]:
     """The ``"uncertainty"`` entry of ``summary.json``: mean, std and median over the
     cases (NaN cases left out, their number given as ``n``) of each mean-entropy column,
-    the voxel counts summed, and `UNCERTAINTY_CONVENTION`.
+    the voxel counts summed, and `UNCERTAINTY_CONVENTION`. With no case to average (no
+    wrong voxel anywhere, say) the statistics are None, ``null`` in the JSON (a bare NaN
+    is not JSON: ``jq`` and ``JSON.parse`` refuse it).
 
     >>> summarize_uncertainty([{"entropy_correct_mean": 0.1, "entropy_wrong_mean": float("nan"),
     ...                         "entropy_wrong_voxels": 0, "entropy_mask_voxels": 8}])["entropy_wrong_mean"]
-    {'mean': nan, 'std': nan, 'median': nan, 'n': 0}
+    {'mean': None, 'std': None, 'median': None, 'n': 0}
     """
     out: Dict[str, object] = {}
     for column in ("entropy_correct_mean", "entropy_wrong_mean"):
         values = np.array([float(r[column]) for r in rows], np.float64)
         values = values[~np.isnan(values)]
-        stats = (np.mean(values), np.std(values), np.median(values)) if values.size else (np.nan,) * 3
-        out[column] = {**dict(zip(("mean", "std", "median"), map(float, stats))), "n": int(values.size)}
+        stats = map(float, (np.mean(values), np.std(values), np.median(values))) if values.size else (None,) * 3
+        out[column] = {**dict(zip(("mean", "std", "median"), stats)), "n": int(values.size)}
     for column in ("entropy_wrong_voxels", "entropy_mask_voxels"):
         out[column] = int(sum(int(r[column]) for r in rows))
     out["convention"] = UNCERTAINTY_CONVENTION

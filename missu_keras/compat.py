@@ -10,7 +10,7 @@ import platform
 
 __all__ = ["MultiWorkerBuild", "archive_root", "built_input_shape", "compiled_loss",
            "compiled_metrics", "cpu_flags", "cpu_has_bf16_units", "flatten_layers",
-           "is_multi_worker", "loss_tracker", "onednn_enabled"]
+           "is_multi_worker", "loss_tracker", "onednn_enabled", "stored_value"]
 
 
 def onednn_enabled() -> bool:
@@ -120,6 +120,17 @@ def flatten_layers(model):
     """Every layer reachable from ``model``, a layer before the layers inside it
     (``Layer._flatten_layers``; Keras 3 has no public recursive walk)."""
     return model._flatten_layers(include_self=False, recursive=True)
+
+
+def stored_value(variable):
+    """``variable``'s value in its own dtype, also inside a mixed-precision layer's call,
+    where reading a float32 kernel gives it already rounded to the compute dtype (Keras'
+    autocast scope; ``keras.src.backend.AutocastScope(None)`` turns it off, and Keras 3 has
+    no public way to)."""
+    from keras.src.backend import AutocastScope  # private, see docstring
+
+    with AutocastScope(None):
+        return variable.value
 
 
 def built_input_shape(layer):

@@ -49,6 +49,19 @@ def test_layer_walk_and_built_shapes():
     assert compat.built_input_shape(inner.layers[0]) == (None, 8, 8, 8, 2)
 
 
+def test_stored_value_reads_float32_weights_inside_mixed_precision_calls():
+    seen = {}
+
+    class Probe(keras.layers.Conv3D):
+        def call(self, inputs):
+            seen["autocast"] = self.kernel.value.dtype
+            seen["stored"] = compat.stored_value(self.kernel).dtype
+            return super().call(inputs)
+
+    Probe(2, 1, dtype="mixed_bfloat16")(np.zeros((1, 2, 2, 2, 3), "float32"))
+    assert seen == {"autocast": tf.bfloat16, "stored": tf.float32}
+
+
 def test_export_archive_root():
     archive = keras.export.ExportArchive()
     root = compat.archive_root(archive)

@@ -212,6 +212,82 @@ def test_group_norm_mixed_precision_keeps_statistics_in_float32():
     np.testing.assert_allclose(np.asarray(y, dtype="float32"), np.asarray(ref(x)), atol=2e-2)
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_group_norm_inference_scale_as_diagonal_convolution(policy):
+    """At inference a single 3D sample's ``x * scale + offset`` is a 1x1x1 convolution with
+    the kernel diag(scale) (one oneDNN pass, fused with the ReLU after it): the values of the
+    elementwise form (float32: to rounding; bfloat16: within one bfloat16 step, as it
+    rounds once where the elementwise ops round twice). Batches of 2 and training run the
+    elementwise ops."""
+    import tensorflow as tf
+
+    from missu_keras.layers.normalization import scale_and_shift
+
+    layer = GroupNormalization(8, epsilon=1e-5, gamma_initializer="random_normal",
+                               beta_initializer="random_normal", dtype=policy)
+    x = tf.constant(rand(1, 6, 5, 4, 16) * 3.0 + 1.0)
+    layer.build(x.shape)
+    step = 2.0 ** -7 if policy == "mixed_bfloat16" else 1e-6
+    infer = tf.cast(layer(x), tf.float32).numpy()
+    train = tf.cast(layer(x, training=True), tf.float32).numpy()
+    np.testing.assert_allclose(infer, train, rtol=0, atol=step * np.abs(train).max())
+
+    def op_types(fn, *args):
+        return {op.type for op in tf.function(fn).get_concrete_function(*args).graph.get_operations()}
+
+    scale, offset = tf.constant(rand(1, 16)), tf.constant(rand(1, 16))
+    xc = tf.cast(x, layer.compute_dtype)
+    assert "Conv3D" in op_types(lambda t: tf.nn.relu(scale_and_shift(t, scale, offset)), xc)
+    assert "Conv3D" not in op_types(lambda t: scale_and_shift(t, scale, offset, as_convolution=False), xc)
+    two = tf.concat([xc, xc], axis=0)
+    assert "Conv3D" not in op_types(lambda t: scale_and_shift(t, tf.concat([scale] * 2, 0),
+                                                              tf.concat([offset] * 2, 0)), two)
+    conv = tf.cast(scale_and_shift(xc, scale, offset), tf.float32).numpy()
+    elementwise = tf.cast(scale_and_shift(xc, scale, offset, as_convolution=False), tf.float32).numpy()
+    np.testing.assert_allclose(conv, elementwise, rtol=0, atol=step * np.abs(elementwise).max())
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_deblock_inference_folds_batch_norm_into_the_convolution(policy):
+    """At inference DeBlock runs each Conv -> BN -> ReLU as one convolution with the folded
+    kernel and bias: the values of the layers run one after the other (BN on its moving
+    statistics), float32 to rounding and bfloat16 within a bfloat16 step. Training (batch
+    statistics) runs the layers as written; a frozen BatchNorm folds in training too."""
+    import tensorflow as tf
+    from keras import ops
+
+    block = DeBlock(8, residual=True, dtype=policy)
+    x = tf.constant(rand(2, 6, 6, 6, 8))
+    block.build(x.shape)
+    local = np.random.default_rng(5)
+    for bn in (block.bn1, block.bn2):
+        bn.moving_mean.assign(local.normal(size=8))
+        bn.moving_variance.assign(local.uniform(0.2, 3.0, size=8))
+        bn.gamma.assign(local.normal(size=8))
+        bn.beta.assign(local.normal(size=8))
+
+    def layer_by_layer(training):
+        y = ops.relu(block.bn1(block.conv1(x), training=training))
+        y = ops.relu(block.bn2(block.conv2(y), training=training))
+        return tf.cast(ops.cast(x, y.dtype) + y, tf.float32).numpy()
+
+    step = 2.0 ** -7 if policy == "mixed_bfloat16" else 1e-6
+    want = layer_by_layer(False)
+    got = tf.cast(block(x), tf.float32).numpy()
+    assert np.abs(got - want).max() <= 2 * step * np.abs(want).max()
+    graph = tf.function(lambda t: block(t)).get_concrete_function(tf.cast(x, block.compute_dtype)).graph
+    on_the_map = {op.type for op in graph.get_operations() if op.outputs and op.outputs[0].shape == x.shape}
+    assert "Conv3D" in on_the_map and not {"Mul", "Cast"} & on_the_map, on_the_map  # no BN passes
+    # training: batch statistics, as the layers one after the other
+    np.testing.assert_allclose(tf.cast(block(x, training=True), tf.float32).numpy(), layer_by_layer(True),
+                               rtol=0, atol=2 * step * np.abs(want).max())
+    # a frozen BatchNorm uses its moving statistics in training too, so it folds there
+    block.bn1.trainable = block.bn2.trainable = False
+    frozen = tf.cast(block(x, training=True), tf.float32).numpy()
+    assert np.abs(frozen - layer_by_layer(False)).max() <= 2 * step * np.abs(want).max()
+    np.testing.assert_array_equal(frozen, tf.cast(block(x), tf.float32).numpy())
+
+
 def test_group_norm_validates_groups():
     with pytest.raises(ValueError, match="multiple"):
         GroupNormalization(3).build((1, 4, 4, 4, 8))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import keras
 from keras import layers, ops
 
+from missu_keras.compat import stored_value
 from missu_keras.layers.base import register
 from missu_keras.layers.conv import SafeConv3D, SafeConv3DTranspose
 
@@ -23,6 +25,13 @@ class DeBlock(layers.Layer):
     which also changes the width (E -> 8b).
 
     ``(B, H, W, D, C)`` -> ``(B, H, W, D, filters)``.
+
+    At inference (BatchNorm on its moving statistics) each BatchNorm is folded into the
+    convolution before it (:func:`fold_batch_norm`), so a ``Conv3 -> BN -> ReLU`` runs as
+    one oneDNN convolution with bias and ReLU: the same values up to float rounding, without
+    the four passes over the map Keras' BatchNorm makes in mixed precision (cast to float32,
+    scale, shift, cast back) and the ReLU's (benchmarks/NOTES.md, section 17). Training
+    (batch statistics) runs the layers as written.
     """
 
     def __init__(self, filters, residual=True, **kwargs):
@@ -49,8 +58,8 @@ class DeBlock(layers.Layer):
         self.built = True
 
     def call(self, x, training=None):
-        y = ops.relu(self.bn1(self.conv1(x), training=training))
-        y = ops.relu(self.bn2(self.conv2(y), training=training))
+        y = conv_bn_relu(self.conv1, self.bn1, x, training)
+        y = conv_bn_relu(self.conv2, self.bn2, y, training)
         return x + y if self.residual else y
 
     def compute_output_shape(self, input_shape):
@@ -58,6 +67,34 @@ class DeBlock(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "residual": self.residual}
+
+
+def fold_batch_norm(conv, bn):
+    """Float32 kernel and bias of the convolution equal to ``bn(conv(x))`` with ``bn`` on
+    its moving statistics: per output channel ``s = gamma / sqrt(var + eps)``,
+    kernel ``W s`` and bias ``(b - mean) s + beta``. Read from the stored float32 weights
+    (not the mixed-precision copies), so a bfloat16 model rounds the folded kernel once."""
+    inv = ops.rsqrt(ops.cast(stored_value(bn.moving_variance), "float32") + bn.epsilon)
+    scale = inv * ops.cast(stored_value(bn.gamma), "float32") if bn.scale else inv
+    bias = -ops.cast(stored_value(bn.moving_mean), "float32")
+    if conv.use_bias:
+        bias = bias + ops.cast(stored_value(conv.bias), "float32")
+    bias = bias * scale
+    if bn.center:
+        bias = bias + ops.cast(stored_value(bn.beta), "float32")
+    return ops.cast(stored_value(conv.kernel), "float32") * scale, bias
+
+
+def conv_bn_relu(conv, bn, x, training=None):
+    """``ReLU(bn(conv(x)))``; where ``bn`` uses its moving statistics (inference, or a
+    frozen BatchNorm) as one convolution with the folded kernel and bias
+    (:func:`fold_batch_norm`), which oneDNN fuses with the bias and the ReLU."""
+    if (training and bn.trainable) or conv.activation not in (None, keras.activations.linear):
+        return ops.relu(bn(conv(x), training=training))
+    kernel, bias = fold_batch_norm(conv, bn)
+    y = conv.convolution_op(x, ops.cast(kernel, x.dtype))
+    y = ops.add(y, ops.reshape(ops.cast(bias, y.dtype), (1,) * (len(y.shape) - 1) + (-1,)))
+    return ops.relu(y)
 
 
 @register

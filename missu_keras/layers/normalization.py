@@ -4,8 +4,10 @@ with statistics exact to float32 rounding at every size the presets use."""
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
+from missu_keras.compat import onednn_enabled
 from missu_keras.layers.base import register
 
 
@@ -60,6 +62,16 @@ class GroupNormalization(keras.layers.GroupNormalization):
     compute dtype (as Keras does). Weights (``gamma``, ``beta``) and configuration are
     those of the Keras layer, so checkpoints are interchangeable.
     See benchmarks/NOTES.md (section 6) for the measurements.
+
+    At inference under oneDNN, for a single 3D sample, ``x * scale + offset`` runs as a 1x1x1
+    convolution with the diagonal kernel ``diag(scale)`` and bias ``offset``
+    (:func:`scale_and_shift`): one pass over the map instead of two, which oneDNN also
+    fuses with a ReLU that follows (the encoder's), and which rounds once in bfloat16
+    (float32 accumulation) where the elementwise ops round twice. Same values in float32
+    (each output is ``x_c * scale_c + offset_c``; the kernel's zeros add nothing).
+    Training keeps the elementwise ops: the convolution's backward pass was slower (one
+    GroupNorm + ReLU at 128^3 x 16, forward and backward: 0.38 -> 0.43 s in float32) and
+    its bfloat16 kernel gradient (gamma's) far less accurate.
     """
 
     def group_moments(self, inputs):
@@ -76,7 +88,7 @@ class GroupNormalization(keras.layers.GroupNormalization):
             ops.square(mean_c - mean_g), axis=-1, keepdims=True)
         return mean_g, var_g
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         rank = len(inputs.shape)
         if self.axis not in (-1, rank - 1) or rank < 3:
             return super().call(inputs)
@@ -91,7 +103,29 @@ class GroupNormalization(keras.layers.GroupNormalization):
         offset = -mean_g * scale
         if self.center:
             offset = offset + ops.reshape(ops.cast(self.beta, stats_dtype), (1, self.groups, per_group))
-        broadcast = (-1,) + (1,) * (rank - 2) + (channels,)
-        scale = ops.cast(ops.reshape(scale, broadcast), self.compute_dtype)
-        offset = ops.cast(ops.reshape(offset, broadcast), self.compute_dtype)
-        return ops.cast(inputs, self.compute_dtype) * scale + offset
+        return scale_and_shift(ops.cast(inputs, self.compute_dtype), ops.reshape(scale, (-1, channels)),
+                               ops.reshape(offset, (-1, channels)), as_convolution=not training)
+
+
+def scale_and_shift(x, scale, offset, as_convolution=True):
+    """``x * scale + offset`` per sample and channel: ``x`` channels-last, ``scale`` and
+    ``offset`` float32 ``(B, C)``. With ``as_convolution``, under oneDNN, for one 5D
+    sample (a static batch of 1, as inference's windows), as a 1x1x1 convolution with
+    kernel ``diag(scale)`` and bias ``offset`` in ``x``'s dtype, which oneDNN runs in one
+    pass and fuses with a ReLU after it (128^3 x 16 with the ReLU: float32 0.049 -> 0.024
+    s, bfloat16 0.080 -> 0.013 s; benchmarks/NOTES.md, section 17); elsewhere (and for
+    training, whose gradients go through the elementwise form) as the two elementwise ops.
+
+    >>> import numpy as np
+    >>> x = np.ones((1, 2, 2, 2, 3), "float32")
+    >>> y = scale_and_shift(x, np.array([[1.0, 2.0, 3.0]], "float32"), np.zeros((1, 3), "float32"))
+    >>> [float(v) for v in np.asarray(y)[0, 0, 0, 0]]
+    [1.0, 2.0, 3.0]
+    """
+    channels = x.shape[-1]
+    if as_convolution and len(x.shape) == 5 and x.shape[0] == 1 and channels is not None and onednn_enabled():
+        kernel = ops.reshape(tf.linalg.diag(scale[0]), (1, 1, 1, channels, channels))
+        y = tf.nn.conv3d(x, ops.cast(kernel, x.dtype), strides=[1] * 5, padding="VALID")
+        return tf.nn.bias_add(y, ops.cast(offset[0], x.dtype))
+    broadcast = (-1,) + (1,) * (len(x.shape) - 2) + (channels,)
+    return x * ops.cast(ops.reshape(scale, broadcast), x.dtype) + ops.cast(ops.reshape(offset, broadcast), x.dtype)

@@ -55,6 +55,28 @@ def test_upcat_skip_first_and_without_skip():
     assert alone(x).shape == (1, 8, 8, 8, 8)
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_upcat_inference_composes_its_linear_steps(policy):
+    """At inference UpCat composes conv3's up half into the transposed convolution and adds
+    the 1x1 convolution of the skip (no concatenated map): the values of the layers as
+    written (training's path), float32 to rounding, bfloat16 within a bfloat16 step."""
+    import tensorflow as tf
+
+    up = UpCat(8, dtype=policy)
+    x, skip = tf.constant(rand(1, 4, 4, 4, 16)), tf.constant(rand(1, 8, 8, 8, 6))
+    up([x, skip])
+    local = np.random.default_rng(7)
+    for weight in up.weights:
+        weight.assign(local.standard_normal(weight.shape) * 0.3)
+    folded = tf.cast(up([x, skip]), tf.float32).numpy()
+    written = tf.cast(up([x, skip], training=True), tf.float32).numpy()
+    step = 2.0 ** -7 if policy == "mixed_bfloat16" else 1e-6
+    assert np.abs(folded - written).max() <= 2 * step * np.abs(written).max()
+    args = [tf.cast(t, up.compute_dtype) for t in (x, skip)]
+    graph = tf.function(lambda a, b: up([a, b])).get_concrete_function(*args).graph
+    assert "ConcatV2" not in {op.type for op in graph.get_operations()}
+
+
 def test_pyramid_fusion_shapes_and_roundtrip():
     out = check_layer_config_roundtrip(PyramidFusion(), ([rand(1, 4, 4, 4, 16), rand(1, 8, 8, 8, 8)],))
     assert out.shape == (1, 4, 4, 4, 16)

@@ -105,6 +105,13 @@ class UpCat(layers.Layer):
     Call as ``UpCat(f)(x)`` (no skip connection, Fig. 5's ablation) or
     ``UpCat(f)([x, skip])``. ``x``: ``(B, h, w, d, C_in)``; ``skip``: ``(B, 2h, 2w, 2d, C_s)``;
     output ``(B, 2h, 2w, 2d, filters)``.
+
+    At inference the last three steps are linear, so they run folded
+    (:meth:`folded_call`): the transposed convolution with the kernel composed with the
+    up half of the 1x1 convolution's kernel, added to the 1x1 convolution of the skip half,
+    one bias (``b3 + W3_up^T b2``); no concatenated map, no separate bias pass, one 1x1
+    convolution at full resolution fewer (benchmarks/NOTES.md, section 17). Training runs
+    the layers as written.
     """
 
     def __init__(self, filters, **kwargs):
@@ -135,12 +142,37 @@ class UpCat(layers.Layer):
         self.conv3.build((*up_shape[:-1], cat_channels))
         self.built = True
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         x, skip = self._split(inputs)
+        if not training and skip is not None:
+            return self.folded_call(x, skip)
         y = self.conv2(self.conv1(x))
         if skip is not None:
             y = ops.concatenate([skip, y], axis=-1)
         return self.conv3(y)
+
+    def folded_call(self, x, skip):
+        """``conv3(concat([skip, conv2(conv1(x))]))`` with conv3's up half composed into
+        conv2: ``convT(h, W2 . W3_up) + conv1x1(skip, W3_skip) + (b3 + W3_up^T b2)``, the
+        same values up to float rounding (kernels composed in float32)."""
+        h = self.conv1(x)
+        skip_channels = skip.shape[-1]
+        w3 = ops.cast(stored_value(self.conv3.kernel), "float32")[0, 0, 0]  # (C_s + f, f)
+        w3_skip, w3_up = w3[:skip_channels], w3[skip_channels:]
+        w2 = ops.cast(stored_value(self.conv2.kernel), "float32")  # (2, 2, 2, f out, f in)
+        kernel = ops.einsum("abcoi,op->abcpi", w2, w3_up)
+        bias = ops.zeros((self.filters,), "float32")
+        if self.conv3.use_bias:
+            bias = bias + ops.cast(stored_value(self.conv3.bias), "float32")
+        if self.conv2.use_bias:
+            bias = bias + ops.matmul(ops.cast(stored_value(self.conv2.bias), "float32")[None], w3_up)[0]
+        conv2 = self.conv2
+        up = ops.conv_transpose(h, ops.cast(kernel, h.dtype), strides=list(conv2.strides),
+                                padding=conv2.padding, output_padding=conv2.output_padding,
+                                dilation_rate=conv2.dilation_rate, data_format=conv2.data_format)
+        y = self.conv3.convolution_op(skip, ops.cast(ops.reshape(w3_skip, (1, 1, 1, skip_channels, self.filters)), skip.dtype))
+        y = ops.add(y, ops.reshape(ops.cast(bias, y.dtype), (1, 1, 1, 1, -1)))
+        return ops.add(y, up)
 
     def compute_output_shape(self, input_shape):
         if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)):

@@ -123,10 +123,11 @@ def flatten_layers(model):
 
 
 def stored_value(variable):
-    """``variable``'s value in its own dtype, also inside a mixed-precision layer's call,
-    where reading a float32 kernel gives it already rounded to the compute dtype (Keras'
-    autocast scope; ``keras.src.backend.AutocastScope(None)`` turns it off, and Keras 3 has
-    no public way to)."""
+    """``variable`` as stored, in its own dtype (the backend's variable, which ops take as
+    a tensor), also inside a mixed-precision layer's call, where reading a float32 kernel
+    gives it already rounded to the compute dtype (Keras' autocast scope;
+    ``keras.src.backend.AutocastScope(None)`` turns it off, and Keras 3 has no public way
+    to)."""
     from keras.src.backend import AutocastScope  # private, see docstring
 
     with AutocastScope(None):

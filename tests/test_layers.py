@@ -264,6 +264,17 @@ def test_group_norm_inference_scale_as_diagonal_convolution(policy):
     two = tf.concat([xc, xc], axis=0)
     assert "Conv3D" not in op_types(lambda t: scale_and_shift(t, tf.concat([scale] * 2, 0),
                                                               tf.concat([offset] * 2, 0)), two)
+    # the layer picks the form from `training`, also inside a block whose call has no
+    # `training` argument (Keras passes it down through the call context)
+    assert "Conv3D" in op_types(lambda t: layer(t), x)
+    assert "Conv3D" not in op_types(lambda t: layer(t, training=True), x)
+    block = EncoderBlock(groups=8, dtype=policy)
+    block.build(x.shape)
+    convs = sum(op.type == "Conv3D" for op in
+                tf.function(lambda t: block(t)).get_concrete_function(x).graph.get_operations())
+    convs_training = sum(op.type == "Conv3D" for op in tf.function(
+        lambda t: block(t, training=True)).get_concrete_function(x).graph.get_operations())
+    assert (convs, convs_training) == (4, 2)  # two 3x3x3 convolutions, plus two GroupNorms at inference
     conv = tf.cast(scale_and_shift(xc, scale, offset), tf.float32).numpy()
     elementwise = tf.cast(scale_and_shift(xc, scale, offset, as_convolution=False), tf.float32).numpy()
     np.testing.assert_allclose(conv, elementwise, rtol=0, atol=step * np.abs(elementwise).max())
@@ -282,6 +293,9 @@ def test_deblock_inference_folds_batch_norm_into_the_convolution(policy):
     x = tf.constant(rand(2, 6, 6, 6, 8))
     block.build(x.shape)
     local = np.random.default_rng(5)
+    for conv in (block.conv1, block.conv2):  # conv biases too: the fold scales them
+        conv.kernel.assign(local.normal(size=conv.kernel.shape) * 0.2)
+        conv.bias.assign(local.normal(size=8))
     for bn in (block.bn1, block.bn2):
         bn.moving_mean.assign(local.normal(size=8))
         bn.moving_variance.assign(local.uniform(0.2, 3.0, size=8))

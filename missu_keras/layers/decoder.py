@@ -107,11 +107,12 @@ class UpCat(layers.Layer):
     output ``(B, 2h, 2w, 2d, filters)``.
 
     At inference the last three steps are linear, so they run folded
-    (:meth:`folded_call`): the transposed convolution with the kernel composed with the
-    up half of the 1x1 convolution's kernel, added to the 1x1 convolution of the skip half,
-    one bias (``b3 + W3_up^T b2``); no concatenated map, no separate bias pass, one 1x1
-    convolution at full resolution fewer (benchmarks/NOTES.md, section 17). Training runs
-    the layers as written.
+    (:meth:`folded_call`): the transposed convolution with its kernel composed with the up
+    half of the 1x1 convolution's kernel, added to the 1x1 convolution of the skip, one bias
+    (``b3 + W3_up^T b2``, which oneDNN fuses into that convolution with the addition): no
+    concatenated map, no bias pass of its own for the transposed convolution, and the 1x1
+    convolution reads only the skip's channels (benchmarks/NOTES.md, section 17). Training
+    runs the layers as written.
     """
 
     def __init__(self, filters, **kwargs):

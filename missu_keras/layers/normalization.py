@@ -63,12 +63,14 @@ class GroupNormalization(keras.layers.GroupNormalization):
     those of the Keras layer, so checkpoints are interchangeable.
     See benchmarks/NOTES.md (section 6) for the measurements.
 
-    At inference under oneDNN, for a single 3D sample, ``x * scale + offset`` runs as a 1x1x1
+    At inference under oneDNN on a CPU, for a single 3D sample, ``x * scale + offset`` runs as a 1x1x1
     convolution with the diagonal kernel ``diag(scale)`` and bias ``offset``
     (:func:`scale_and_shift`): one pass over the map instead of two, which oneDNN also
     fuses with a ReLU that follows (the encoder's), and which rounds once in bfloat16
-    (float32 accumulation) where the elementwise ops round twice. Same values in float32
-    (each output is ``x_c * scale_c + offset_c``; the kernel's zeros add nothing).
+    (float32 accumulation, bias fused in a traced graph) where the elementwise ops round
+    twice. Same values in float32 for finite inputs (each output is ``x_c * scale_c +
+    offset_c``; the kernel's zeros add nothing, but ``0 * inf`` would spread a non-finite
+    value to the voxel's other channels).
     Training keeps the elementwise ops: the convolution's backward pass was slower (one
     GroupNorm + ReLU at 128^3 x 16, forward and backward: 0.38 -> 0.43 s in float32) and
     its bfloat16 kernel gradient (gamma's) far less accurate.
@@ -107,9 +109,16 @@ class GroupNormalization(keras.layers.GroupNormalization):
                                ops.reshape(offset, (-1, channels)), as_convolution=not training)
 
 
+def _cpu_onednn() -> bool:
+    """oneDNN runs TensorFlow's CPU kernels and no GPU is visible: where a GPU runs the
+    convolution (cuDNN, TensorFlow32 on Ampere and later) ``x * scale`` would lose float32
+    precision, and elementwise ops are not slow there."""
+    return onednn_enabled() and not tf.config.list_logical_devices("GPU")
+
+
 def scale_and_shift(x, scale, offset, as_convolution=True):
     """``x * scale + offset`` per sample and channel: ``x`` channels-last, ``scale`` and
-    ``offset`` float32 ``(B, C)``. With ``as_convolution``, under oneDNN, for one 5D
+    ``offset`` float32 ``(B, C)``. With ``as_convolution``, under oneDNN on a CPU, for one 5D
     sample (a static batch of 1, as inference's windows), as a 1x1x1 convolution with
     kernel ``diag(scale)`` and bias ``offset`` in ``x``'s dtype, which oneDNN runs in one
     pass and fuses with a ReLU after it (128^3 x 16 with the ReLU: float32 0.049 -> 0.024
@@ -123,7 +132,7 @@ def scale_and_shift(x, scale, offset, as_convolution=True):
     [1.0, 2.0, 3.0]
     """
     channels = x.shape[-1]
-    if as_convolution and len(x.shape) == 5 and x.shape[0] == 1 and channels is not None and onednn_enabled():
+    if as_convolution and len(x.shape) == 5 and x.shape[0] == 1 and channels is not None and _cpu_onednn():
         kernel = ops.reshape(tf.linalg.diag(scale[0]), (1, 1, 1, channels, channels))
         y = tf.nn.conv3d(x, ops.cast(kernel, x.dtype), strides=[1] * 5, padding="VALID")
         return tf.nn.bias_add(y, ops.cast(offset[0], x.dtype))

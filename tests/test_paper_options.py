@@ -143,6 +143,26 @@ def test_released_stem_dropout_makes_inference_stochastic():
                                a.inference_model().predict(x, verbose=0), atol=1e-6)
 
 
+def test_released_stem_dropout_leaves_the_rest_of_the_network_in_inference_mode():
+    """The stem's dropout runs at inference without telling the layers after it that this
+    is training: a model called without `training` keeps BatchNorm on its moving statistics
+    (a `training=True` passed to the nested dropout layer's __call__ stayed in Keras' call
+    context and moved them)."""
+    from missu_keras.layers import InitConv
+
+    inputs = keras.Input((8, 8, 8, 2))
+    stem = InitConv(4, 0.5, dropout_at_inference=True)
+    norm = keras.layers.BatchNormalization()
+    model = keras.Model(inputs, norm(stem(inputs)))
+    x = _rand(2, 8, 8, 8, 2)
+    before = norm.moving_mean.numpy().copy()
+    model(x)
+    np.testing.assert_array_equal(norm.moving_mean.numpy(), before)
+    assert (stem(x).numpy() == 0).mean() > 0.1  # the stem still drops channels at inference
+    model(x, training=True)
+    assert not np.array_equal(norm.moving_mean.numpy(), before)  # training still trains
+
+
 def test_released_attention_dropout_drops_the_output_twice():
     x = _rand(2, 64, 32)
     plain = TransformerLayer(4, 64, dropout_rate=0.0, attn_dropout_rate=0.5)

@@ -34,7 +34,13 @@ class InitConv(layers.Layer):
         self.built = True
 
     def call(self, x, training=None):
-        return self.dropout(self.conv(x), training=True if self.dropout_at_inference else training)
+        if self.dropout_at_inference and not training:
+            # The dropout layer's own call, not its __call__: a `training=True` passed to a
+            # nested __call__ stays in Keras' call context, so every later layer of a model
+            # called without `training` would run in training mode (BatchNorm on batch
+            # statistics, updating its moving ones).
+            return self.dropout.call(self.conv(x), training=True)
+        return self.dropout(self.conv(x), training=training)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.filters)

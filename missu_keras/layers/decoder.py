@@ -69,20 +69,25 @@ class DeBlock(layers.Layer):
         return {**super().get_config(), "filters": self.filters, "residual": self.residual}
 
 
+def _stored32(variable):
+    """The stored (not autocast) value of ``variable`` in float32."""
+    return ops.cast(stored_value(variable), "float32")
+
+
 def fold_batch_norm(conv, bn):
     """Float32 kernel and bias of the convolution equal to ``bn(conv(x))`` with ``bn`` on
     its moving statistics: per output channel ``s = gamma / sqrt(var + eps)``,
     kernel ``W s`` and bias ``(b - mean) s + beta``. Read from the stored float32 weights
     (not the mixed-precision copies), so a bfloat16 model rounds the folded kernel once."""
-    inv = ops.rsqrt(ops.cast(stored_value(bn.moving_variance), "float32") + bn.epsilon)
-    scale = inv * ops.cast(stored_value(bn.gamma), "float32") if bn.scale else inv
-    bias = -ops.cast(stored_value(bn.moving_mean), "float32")
+    inv = ops.rsqrt(_stored32(bn.moving_variance) + bn.epsilon)
+    scale = inv * _stored32(bn.gamma) if bn.scale else inv
+    bias = -_stored32(bn.moving_mean)
     if conv.use_bias:
-        bias = bias + ops.cast(stored_value(conv.bias), "float32")
+        bias = bias + _stored32(conv.bias)
     bias = bias * scale
     if bn.center:
-        bias = bias + ops.cast(stored_value(bn.beta), "float32")
-    return ops.cast(stored_value(conv.kernel), "float32") * scale, bias
+        bias = bias + _stored32(bn.beta)
+    return _stored32(conv.kernel) * scale, bias
 
 
 def conv_bn_relu(conv, bn, x, training=None):
@@ -158,15 +163,15 @@ class UpCat(layers.Layer):
         same values up to float rounding (kernels composed in float32)."""
         h = self.conv1(x)
         skip_channels = skip.shape[-1]
-        w3 = ops.cast(stored_value(self.conv3.kernel), "float32")[0, 0, 0]  # (C_s + f, f)
+        w3 = _stored32(self.conv3.kernel)[0, 0, 0]  # (C_s + f, f)
         w3_skip, w3_up = w3[:skip_channels], w3[skip_channels:]
-        w2 = ops.cast(stored_value(self.conv2.kernel), "float32")  # (2, 2, 2, f out, f in)
+        w2 = _stored32(self.conv2.kernel)  # (2, 2, 2, f out, f in)
         kernel = ops.einsum("abcoi,op->abcpi", w2, w3_up)
         bias = ops.zeros((self.filters,), "float32")
         if self.conv3.use_bias:
-            bias = bias + ops.cast(stored_value(self.conv3.bias), "float32")
+            bias = bias + _stored32(self.conv3.bias)
         if self.conv2.use_bias:
-            bias = bias + ops.matmul(ops.cast(stored_value(self.conv2.bias), "float32")[None], w3_up)[0]
+            bias = bias + ops.matmul(_stored32(self.conv2.bias)[None], w3_up)[0]
         conv2 = self.conv2
         up = ops.conv_transpose(h, ops.cast(kernel, h.dtype), strides=list(conv2.strides),
                                 padding=conv2.padding, output_padding=conv2.output_padding,
